@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# MovieLens-100K ships inside recbole; its dependencies are not needed.
+DATA_PKG := recbole==1.2.1
+
+.PHONY: venv demo test clean
+
+venv: $(STAMP)
+
+# Rebuilt when pyproject.toml or the pins change.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(DATA_PKG)
+	@touch $(STAMP)
+
+demo: venv
+	$(PY) jobs/pipeline.py $(ARGS)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs outputs .pytest_cache

@@ -1,0 +1,2 @@
+"""PinSage-style graph embeddings: ingest, sample, train, infer, evaluate, refresh."""
+__version__ = "0.1.0"

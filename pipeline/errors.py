@@ -1,0 +1,9 @@
+"""Errors a user can act on; jobs print them as one clear line, no traceback."""
+
+
+class PipelineError(Exception):
+    """Bad input or configuration, explained in the message."""
+
+
+class IngestError(PipelineError):
+    """The source graph or its features failed validation."""

@@ -1,0 +1,105 @@
+"""Turning validated edge rows into the ``nodes`` and ``edges`` tables."""
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from pipeline.io import schemas
+
+_ROW_BITS = 33  # monotonically_increasing_id = partition id << 33 | row in partition
+
+
+def assign_ids(ids: DataFrame) -> DataFrame:
+    """Dense int64 node ids for ``(id, type)`` rows, deterministic and shuffle-safe.
+
+    Items come first (so item node ids are 0..n_items-1), then users; within a
+    type, integer-looking ids in numeric order, then the rest as strings. The
+    numbering is a global sort plus per-partition offsets, all in the JVM, so
+    it scales past what one machine could collect.
+    """
+    order = (F.when(F.col("type") == schemas.ITEM, 0).otherwise(1).alias("_t"),
+             F.col("id").try_cast("long").alias("_n"))
+    ranked = (ids.select("id", "type", *order)
+              .orderBy(F.asc("_t"), F.asc_nulls_last("_n"), F.asc("id"))
+              .withColumn("_i", F.monotonically_increasing_id())
+              .persist())
+    counts = (ranked.groupBy(F.shiftright("_i", _ROW_BITS).alias("_p")).count()
+              .orderBy("_p").collect())
+    offsets, total = [], 0
+    for row in counts:
+        offsets.append((row["_p"], total))
+        total += row["count"]
+    spark = ids.sparkSession
+    starts = spark.createDataFrame(offsets, "_p long, _start long")
+    row_in_part = F.col("_i").bitwiseAND(F.lit((1 << _ROW_BITS) - 1))
+    ranked = ranked.withColumn("_p", F.shiftright("_i", _ROW_BITS)).join(F.broadcast(starts), "_p")
+    return ranked.select((F.col("_start") + row_in_part).alias("node"), "id", "type")
+
+
+def build_edges(good: DataFrame, roles: dict[str, str], bipartite: bool
+                ) -> tuple[DataFrame, DataFrame, dict[str, int]]:
+    """Map ids to nodes, drop self-loops, merge duplicates (sum weights, latest time).
+
+    ``good`` holds validated rows with the user's column names in ``roles``.
+    Returns ``(nodes without features, edges, counts)``.
+    """
+    src_type = F.lit(schemas.USER if bipartite else schemas.ITEM)
+    weight = (F.col(roles["weight"]).try_cast("double") if "weight" in roles else F.lit(1.0))
+    time = (F.floor(F.col(roles["time"]).try_cast("double")).cast("long") if "time" in roles
+            else F.lit(None).cast("long"))
+    rows = good.select(F.trim(F.col(roles["src"]).cast("string")).alias("src_id"),
+                       F.trim(F.col(roles["dst"]).cast("string")).alias("dst_id"),
+                       weight.alias("weight"), time.alias("time")).persist()
+    ids = (rows.select(F.col("src_id").alias("id"), src_type.alias("type"))
+           .union(rows.select(F.col("dst_id").alias("id"), F.lit(schemas.ITEM).alias("type")))
+           .distinct())
+    nodes = assign_ids(ids).persist()
+    src_map = nodes.select(F.col("id").alias("src_id"), F.col("type").alias("_st"),
+                           F.col("node").alias("src"))
+    dst_map = nodes.where(F.col("type") == schemas.ITEM).select(
+        F.col("id").alias("dst_id"), F.col("node").alias("dst"))
+    mapped = (rows.join(src_map.where(F.col("_st") == src_type), "src_id")
+              .join(dst_map, "dst_id")
+              .select("src", "dst", "weight", "time"))
+    self_loops = mapped.where(F.col("src") == F.col("dst")).count() if not bipartite else 0
+    kept = mapped.where(F.col("src") != F.col("dst")) if not bipartite else mapped
+    edges = (kept.groupBy("src", "dst")
+             .agg(F.sum("weight").cast("float").alias("weight"),
+                  F.max("time").alias("time"),
+                  F.count(F.lit(1)).alias("_n"))
+             .persist())
+    stats = edges.agg(F.count(F.lit(1)).alias("out"), F.sum("_n").alias("merged_from")).first()
+    edges_out = int(stats["out"])
+    counts = {
+        "self_loops_dropped": int(self_loops),
+        "duplicate_edges_merged": int(stats["merged_from"] or 0) - edges_out,
+        "edges_out": edges_out,
+    }
+    edges = schemas.conform(edges.drop("_n").orderBy("src", "dst"), schemas.EDGES, "edges")
+    return nodes, edges, counts
+
+
+def attach_features(nodes: DataFrame, features: DataFrame | None, dim: int
+                    ) -> tuple[DataFrame, dict[str, int]]:
+    """Join item features by id; items without a feature row get zeros, users get ``[]``."""
+    empty = F.array().cast("array<float>")
+    if features is None:
+        out = nodes.withColumn("features", empty)
+        return schemas.conform(out.orderBy("node"), schemas.NODES, "nodes"), {}
+    feats = features.select("id", F.col("features").cast("array<float>").alias("_f"),
+                            F.lit(True).alias("_matched"))
+    items = nodes.where(F.col("type") == schemas.ITEM)
+    joined = nodes.join(feats, "id", "left")
+    zeros = F.array_repeat(F.lit(0.0).cast("float"), dim)
+    out = joined.select(
+        "node", "id", "type",
+        F.when(F.col("type") != schemas.ITEM, empty)
+         .otherwise(F.coalesce(F.col("_f"), zeros)).alias("features"))
+    item_ids = items.select("id", F.lit(True).alias("_item"))
+    counts = {
+        "items_without_features": joined.where((F.col("type") == schemas.ITEM)
+                                               & F.col("_matched").isNull()).count(),
+        "feature_rows_unmatched": feats.join(item_ids, "id", "left")
+                                       .where(F.col("_item").isNull()).count(),
+    }
+    return schemas.conform(out.orderBy("node"), schemas.NODES, "nodes"), counts

@@ -1,0 +1,1 @@
+"""Schemas and versioned, atomic reads and writes of stage outputs."""

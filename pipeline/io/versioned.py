@@ -1,0 +1,249 @@
+"""Versioned, atomic stage outputs: the one helper every stage writes through.
+
+Layout of a stage::
+
+    <run_dir>/<stage>/_LATEST              # name of the newest complete version
+    <run_dir>/<stage>/<version>/           # complete: manifest.json + _SUCCESS
+    <run_dir>/<stage>/_tmp-<version>-...   # being written (or debris of a kill)
+
+A stage writes into a ``_tmp-`` directory, writes ``manifest.json`` and then
+``_SUCCESS``, renames the directory to its version name and only then
+replaces ``_LATEST`` (write-then-rename, so the pointer is never half
+written). A job killed at any point leaves ``_LATEST`` on the previous
+version; the next publish of the stage removes the debris.
+
+``run_dir`` must be a POSIX filesystem the driver can rename in (a local disk,
+or a shared mount when executors run on other hosts).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+LATEST = "_LATEST"
+SUCCESS = "_SUCCESS"
+MANIFEST = "manifest.json"
+TMP_PREFIX = "_tmp-"
+
+
+class StageNotFound(FileNotFoundError):
+    """A reader asked for a stage (or version) that has not been published."""
+
+
+def fingerprint(payload: Any) -> str:
+    """Stable hash of JSON-able inputs (config, input versions, source files)."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def file_identity(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Identify a source file or directory by path, size and mtime of each file.
+
+    Cheap enough for large inputs, and changes whenever a file is rewritten.
+    """
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    out = []
+    for p in files:
+        st = p.stat()
+        out.append({"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def stage_dir(run_dir: str | os.PathLike, stage: str) -> Path:
+    return Path(run_dir) / stage
+
+
+def latest_version(run_dir: str | os.PathLike, stage: str) -> str | None:
+    pointer = stage_dir(run_dir, stage) / LATEST
+    try:
+        name = pointer.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return name or None
+
+
+def list_versions(run_dir: str | os.PathLike, stage: str) -> list[str]:
+    """Complete versions of a stage, oldest first."""
+    root = stage_dir(run_dir, stage)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith("_") and (p / SUCCESS).exists())
+
+
+def resolve(run_dir: str | os.PathLike, stage: str, version: str | None = None) -> Path:
+    """Directory of a complete version (default: the one ``_LATEST`` names)."""
+    name = version or latest_version(run_dir, stage)
+    if name is None:
+        raise StageNotFound(
+            f"stage '{stage}' has no published version under {stage_dir(run_dir, stage)}; "
+            f"run the job that produces it first")
+    path = stage_dir(run_dir, stage) / name
+    if not (path / SUCCESS).exists():
+        raise StageNotFound(f"{path} is not a complete version of stage '{stage}' (no {SUCCESS})")
+    return path
+
+
+def read_manifest(run_dir: str | os.PathLike, stage: str, version: str | None = None) -> dict:
+    return json.loads((resolve(run_dir, stage, version) / MANIFEST).read_text())
+
+
+def find_matching(run_dir: str | os.PathLike, stage: str, fp: str) -> str | None:
+    """The latest version if it was built from exactly these inputs, else None."""
+    name = latest_version(run_dir, stage)
+    if name is None:
+        return None
+    try:
+        manifest = read_manifest(run_dir, stage, name)
+    except (StageNotFound, FileNotFoundError, json.JSONDecodeError):
+        return None
+    return name if manifest.get("fingerprint") == fp else None
+
+
+@dataclass
+class Staging:
+    """The temporary directory a stage writes into, and its manifest."""
+
+    stage: str
+    version: str
+    path: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def table_path(self, table: str) -> str:
+        return str(self.path / table)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_debris(run_dir: str | os.PathLike, stage: str) -> list[str]:
+    """Remove temporary directories left by killed writers of this host.
+
+    A temporary directory records its writer's host and pid; it is removed only
+    when that process is gone, so a concurrent writer is never disturbed.
+    """
+    root = stage_dir(run_dir, stage)
+    removed = []
+    if not root.is_dir():
+        return removed
+    host = socket.gethostname()
+    for p in root.iterdir():
+        if p.name.startswith(TMP_PREFIX) and p.is_dir():
+            owner = p / "_OWNER"
+            try:
+                owner_host, owner_pid = owner.read_text().split()
+                alive = owner_host != host or _pid_alive(int(owner_pid))
+            except (FileNotFoundError, ValueError):
+                alive = False
+            if not alive:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+        elif p.name.startswith(f"{LATEST}.") and p.name.endswith(".tmp"):
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    if removed:
+        log.info("removed debris of killed runs in %s: %s", root, ", ".join(sorted(removed)))
+    return removed
+
+
+def prune(run_dir: str | os.PathLike, stage: str, keep: int) -> list[str]:
+    """Delete the oldest versions beyond ``keep``; never the one ``_LATEST`` names."""
+    keep = max(1, keep)
+    latest = latest_version(run_dir, stage)
+    versions = list_versions(run_dir, stage)
+    doomed = [v for v in versions[:-keep] if v != latest] if len(versions) > keep else []
+    for v in doomed:
+        shutil.rmtree(stage_dir(run_dir, stage) / v, ignore_errors=True)
+    return doomed
+
+
+def _new_version_name(root: Path, fp: str) -> str:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = f"v{stamp}-{fp[:8]}"
+    name, n = base, 1
+    while (root / name).exists():
+        n += 1
+        name = f"{base}.{n}"
+    return name
+
+
+@contextmanager
+def publish(run_dir: str | os.PathLike, stage: str, fp: str, *,
+            config: Any = None, inputs: dict[str, str] | None = None,
+            keep: int = 3) -> Iterator[Staging]:
+    """Stage a new version; publish it only if the ``with`` body succeeds.
+
+    The body writes its tables under ``staging.table_path(name)`` and adds
+    counts to ``staging.manifest``. On an exception the temporary directory is
+    removed and ``_LATEST`` is untouched.
+    """
+    root = stage_dir(run_dir, stage)
+    root.mkdir(parents=True, exist_ok=True)
+    clean_debris(run_dir, stage)
+    version = _new_version_name(root, fp)
+    tmp = root / f"{TMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    (tmp / "_OWNER").write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    staging = Staging(stage=stage, version=version, path=tmp)
+    staging.manifest.update({
+        "stage": stage,
+        "version": version,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": fp,
+        "inputs": dict(inputs or {}),
+        "config": config,
+    })
+    try:
+        yield staging
+        (tmp / "_OWNER").unlink()
+        _write_atomic(tmp / MANIFEST, json.dumps(staging.manifest, indent=2, sort_keys=True, default=str))
+        _write_atomic(tmp / SUCCESS, "")
+        final = root / version
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        _write_atomic(root / LATEST, version + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    pruned = prune(run_dir, stage, keep)
+    if pruned:
+        log.info("pruned old %s versions: %s", stage, ", ".join(pruned))
+    log.info("published %s/%s", stage, version)

@@ -1,0 +1,65 @@
+"""The one place a SparkSession is built.
+
+Run as ``python jobs/x.py`` the job starts its own local Spark with settings
+that suit a laptop or a 2-core CI box. Run under ``spark-submit`` it takes
+whatever the submitter configured (master, memory, deploy mode) and only adds
+the properties the user put in ``spark.conf``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Mapping
+
+from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+
+def under_spark_submit() -> bool:
+    """True when this Python driver was launched by spark-submit.
+
+    spark-submit starts the JVM first and hands the Python driver the gateway
+    to it through these variables; a plain ``python jobs/x.py`` has neither.
+    """
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def local_defaults() -> dict[str, str]:
+    """Properties for a self-started local session, sized to this machine."""
+    cores = os.cpu_count() or 2
+    return {
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        # Spark's default of 200 shuffle partitions is tuned for clusters; on a
+        # few cores it means hundreds of tiny tasks per shuffle.
+        "spark.sql.shuffle.partitions": str(max(2, 2 * cores)),
+        "spark.default.parallelism": str(max(2, 2 * cores)),
+        "spark.driver.memory": "4g",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.adaptive.enabled": "true",
+    }
+
+
+def build_spark(master: str = "local[*]", conf: Mapping[str, Any] | None = None,
+                app_name: str = "pinsage") -> SparkSession:
+    """Return a SparkSession; ``master`` only applies outside spark-submit."""
+    conf = {k: str(v) for k, v in (conf or {}).items()}
+    builder = SparkSession.builder.appName(app_name)
+    if under_spark_submit():
+        log.info("running under spark-submit; keeping the submitter's master")
+    else:
+        # Executors must run the same interpreter (and so the same venv).
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        builder = builder.master(master)
+        for key, value in local_defaults().items():
+            if key not in conf:
+                builder = builder.config(key, value)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
