@@ -30,11 +30,16 @@ class IngestResult:
     reused: bool
 
 
+def _stage_config(cfg) -> dict:
+    """The part of the config this stage depends on."""
+    return {"data": OmegaConf.to_container(cfg.data, resolve=True),
+            "ingest": OmegaConf.to_container(cfg.ingest, resolve=True)}
+
+
 def _fingerprint(cfg, files: list[str]) -> str:
     return versioned.fingerprint({
         "code": pipeline.__version__,
-        "data": OmegaConf.to_container(cfg.data, resolve=True),
-        "ingest": OmegaConf.to_container(cfg.ingest, resolve=True),
+        **_stage_config(cfg),
         "files": [versioned.file_identity(f) for f in files],
     })
 
@@ -76,8 +81,7 @@ def run_ingest(spark: SparkSession, cfg) -> IngestResult:
     counts.update(feature_counts)
     counts["feature_dim"] = dim
 
-    config = OmegaConf.to_container(cfg, resolve=True)
-    with versioned.publish(cfg.run_dir, STAGE, fp, config=config, keep=cfg.keep_versions) as out:
+    with versioned.publish(cfg.run_dir, STAGE, fp, config=_stage_config(cfg), keep=cfg.keep_versions) as out:
         nodes.write.parquet(out.table_path("nodes"))
         edges.write.parquet(out.table_path("edges"))
         quarantine.coalesce(1).write.parquet(out.table_path("quarantine"))

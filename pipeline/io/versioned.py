@@ -196,7 +196,8 @@ def prune(run_dir: str | os.PathLike, stage: str, keep: int) -> list[str]:
 
 
 def _new_version_name(root: Path, fp: str) -> str:
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    # Microseconds keep names in creation order, which pruning relies on.
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     base = f"v{stamp}-{fp[:8]}"
     name, n = base, 1
     while (root / name).exists():

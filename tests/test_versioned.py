@@ -1,0 +1,117 @@
+"""Versioned, atomic publishing: complete versions only, old versions survive failures."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipeline.io import versioned
+
+
+def _publish(run_dir, payload: str, fp: str = "f" * 64, keep: int = 3) -> str:
+    with versioned.publish(run_dir, "stage", fp, keep=keep, inputs={"up": "v1"}) as out:
+        os.makedirs(out.table_path("t"))
+        with open(os.path.join(out.table_path("t"), "part-0"), "w") as f:
+            f.write(payload)
+        out.manifest["counts"] = {"rows": len(payload)}
+    return out.version
+
+
+def _payload(run_dir) -> str:
+    with open(versioned.resolve(run_dir, "stage") / "t" / "part-0") as f:
+        return f.read()
+
+
+def test_publish_writes_manifest_success_and_pointer(tmp_path):
+    version = _publish(tmp_path, "hello", fp="ab" * 32)
+    root = tmp_path / "stage"
+    assert (root / "_LATEST").read_text().strip() == version
+    assert (root / version / "_SUCCESS").exists()
+    manifest = json.loads((root / version / "manifest.json").read_text())
+    assert manifest["fingerprint"] == "ab" * 32
+    assert manifest["counts"] == {"rows": 5}
+    assert manifest["inputs"] == {"up": "v1"}
+    assert version.endswith("-abababab")
+    assert sorted(p.name for p in root.iterdir()) == sorted(["_LATEST", version])
+    assert _payload(tmp_path) == "hello"
+
+
+def test_exception_mid_write_keeps_previous_version(tmp_path):
+    old = _publish(tmp_path, "old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with versioned.publish(tmp_path, "stage", "e" * 64) as out:
+            os.makedirs(out.table_path("t"))
+            raise RuntimeError("disk full")
+    assert versioned.latest_version(tmp_path, "stage") == old
+    assert _payload(tmp_path) == "old"
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == ["_LATEST", old]
+
+
+def test_sigkill_mid_write_leaves_previous_version_and_next_run_cleans(tmp_path):
+    old = _publish(tmp_path, "old")
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pipeline.io import versioned
+        with versioned.publish({str(tmp_path)!r}, "stage", "k" * 64) as out:
+            os.makedirs(out.table_path("t"))
+            open(os.path.join(out.table_path("t"), "part-0"), "w").write("partial")
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script])
+    assert proc.returncode == -signal.SIGKILL
+    debris = [p.name for p in (tmp_path / "stage").iterdir() if p.name.startswith("_tmp-")]
+    assert len(debris) == 1
+    assert versioned.latest_version(tmp_path, "stage") == old
+    assert _payload(tmp_path) == "old"
+    new = _publish(tmp_path, "new")
+    assert not [p for p in (tmp_path / "stage").iterdir() if p.name.startswith("_tmp-")]
+    assert versioned.latest_version(tmp_path, "stage") == new
+    assert _payload(tmp_path) == "new"
+
+
+def test_debris_of_a_live_writer_is_left_alone(tmp_path):
+    (tmp_path / "stage").mkdir()
+    live = tmp_path / "stage" / "_tmp-v1-live"
+    live.mkdir()
+    import socket
+    (live / "_OWNER").write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    assert versioned.clean_debris(tmp_path, "stage") == []
+    assert live.exists()
+
+
+def test_prune_keeps_newest_versions(tmp_path):
+    versions = [_publish(tmp_path, str(i), fp=f"{i:064d}", keep=2) for i in range(4)]
+    assert versioned.list_versions(tmp_path, "stage") == versions[-2:]
+    assert versioned.latest_version(tmp_path, "stage") == versions[-1]
+
+
+def test_same_second_versions_get_distinct_names(tmp_path):
+    a = _publish(tmp_path, "a", fp="1" * 64)
+    b = _publish(tmp_path, "b", fp="1" * 64)
+    assert a != b and versioned.latest_version(tmp_path, "stage") == b
+
+
+def test_find_matching_only_for_latest_fingerprint(tmp_path):
+    _publish(tmp_path, "a", fp="1" * 64)
+    assert versioned.find_matching(tmp_path, "stage", "1" * 64) is not None
+    assert versioned.find_matching(tmp_path, "stage", "2" * 64) is None
+    _publish(tmp_path, "b", fp="2" * 64)
+    assert versioned.find_matching(tmp_path, "stage", "1" * 64) is None
+
+
+def test_resolve_missing_stage_says_what_to_run(tmp_path):
+    with pytest.raises(versioned.StageNotFound, match="stage 'graph' has no published version"):
+        versioned.resolve(tmp_path, "graph")
+
+
+def test_file_identity_changes_when_file_rewritten(tmp_path):
+    f = tmp_path / "edges.csv"
+    f.write_text("a,b\n")
+    before = versioned.fingerprint(versioned.file_identity(f))
+    f.write_text("a,b\n1,2\n")
+    assert versioned.fingerprint(versioned.file_identity(f)) != before
