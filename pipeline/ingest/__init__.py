@@ -69,7 +69,7 @@ def run_ingest(spark: SparkSession, cfg) -> IngestResult:
               **edge_counts}
     features, quarantine, dim = None, bad_edges, 0
     if raw.features is not None:
-        checks, dim = validate.feature_checks(raw.features, "data.features_id_col")
+        checks, dim = validate.feature_checks(raw.features, raw.feature_id_col, raw.feature_col)
         feature_rows = raw.features.count()
         features, bad_feats, feat_problems = validate.split(
             raw.features, checks, ["id", "features"], total=feature_rows,

@@ -32,6 +32,9 @@ class RawSource:
     # (array<double>) and ``_file``; None when the source has none.
     features: DataFrame | None = None
     feature_names: list[str] = field(default_factory=list)
+    # How error messages name the features' id and value columns.
+    feature_id_col: str = "id"
+    feature_col: str = "features"
     # Files whose size and mtime identify this input (for idempotent re-runs).
     files: list[str] = field(default_factory=list)
 
@@ -123,17 +126,20 @@ def read_edges_source(spark: SparkSession, data: DataConfig) -> RawSource:
     if data.weight_col:
         columns["data.weight_col"] = data.weight_col
     _check_columns(edges, str(path), columns)
-    features, names, files = None, [], [str(path)]
+    features, names, files, feature_col = None, [], [str(path)], "features"
     if data.features_path:
         fpath = _require_path(data.features_path, "data.features_path")
         fdf = _read_table(spark, str(fpath), "parquet", "data.features_path")
         _check_columns(fdf, str(fpath), {"data.features_id_col": data.features_id_col})
         features, names = _numeric_features(fdf, data.features_id_col, str(fpath))
         files.append(str(fpath))
+        feature_col = names[0] if len(names) == 1 else (
+            ", ".join(names) if len(names) <= 4 else f"{names[0]}..{names[-1]}")
     roles = {"src": data.src_col, "dst": data.dst_col, "time": data.time_col,
              "weight": data.weight_col}
     return RawSource(edges=edges, columns={k: v for k, v in roles.items() if v},
-                     path=str(path), features=features, feature_names=names, files=files)
+                     path=str(path), features=features, feature_names=names, files=files,
+                     feature_id_col=data.features_id_col, feature_col=feature_col)
 
 
 def movielens100k_dir() -> Path:
@@ -183,7 +189,8 @@ def read_movielens100k(spark: SparkSession, data: DataConfig) -> RawSource:
     roles = {"src": data.src_col, "dst": data.dst_col, "time": data.time_col,
              "weight": data.weight_col}
     return RawSource(edges=edges, columns={k: v for k, v in roles.items() if v}, path=inter,
-                     features=features, feature_names=names, files=[inter, item])
+                     features=features, feature_names=names, files=[inter, item],
+                     feature_id_col="item_id", feature_col="release_year, class")
 
 
 READERS = {"edges": read_edges_source, "movielens100k": read_movielens100k}

@@ -60,7 +60,8 @@ def edge_checks(raw: RawSource) -> list[Check]:
     return checks
 
 
-def feature_checks(features: DataFrame, id_label: str) -> tuple[list[Check], int]:
+def feature_checks(features: DataFrame, id_col: str, feature_col: str
+                   ) -> tuple[list[Check], int]:
     """Checks on ``(id, features, _file)`` rows; the expected width is the most common one."""
     width = (features.where(F.col("features").isNotNull())
              .groupBy(F.size("features").alias("w")).count()
@@ -68,13 +69,14 @@ def feature_checks(features: DataFrame, id_label: str) -> tuple[list[Check], int
     expected = int(width["w"]) if width else 0
     dup = F.count(F.lit(1)).over(Window.partitionBy("id")) > 1
     bad_value = F.exists("features", lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == F.lit(float("inf"))))
+    label = "data.features_id_col"
     return [
-        Check("id", id_label, "missing id", _blank(F.col("id"))),
-        Check("features", "features", "missing value", F.col("features").isNull()),
-        Check("features", "features", "NaN or infinite value", bad_value),
-        Check("features", "features", f"wrong width (expected {expected})",
+        Check(id_col, label, "missing id", _blank(F.col("id"))),
+        Check(feature_col, "", "missing value", F.col("features").isNull()),
+        Check(feature_col, "", "NaN or infinite value", bad_value),
+        Check(feature_col, "", f"wrong width (expected {expected})",
               F.size("features") != expected),
-        Check("id", id_label, "duplicate id", dup),
+        Check(id_col, label, "duplicate id", dup),
     ], expected
 
 
@@ -88,7 +90,16 @@ def tag(df: DataFrame, checks: list[Check]) -> DataFrame:
 
 
 def _row_json(df: DataFrame, data_cols: list[str]) -> Column:
-    return F.to_json(F.struct(*[F.col(c) for c in data_cols]))
+    """The row as the user wrote it: JSON of its columns, or the raw line if malformed."""
+    parsed = F.to_json(F.struct(*[F.col(c) for c in data_cols]), {"ignoreNullFields": "false"})
+    if CORRUPT_COL in df.columns:
+        raw = F.to_json(F.struct(F.col(CORRUPT_COL).alias("line")))
+        return F.when(F.col(CORRUPT_COL).isNotNull(), raw).otherwise(parsed)
+    return parsed
+
+
+def _file(c: str) -> Column:
+    return F.regexp_replace(F.col(c), "^file:(//)?", "")
 
 
 def summarize(tagged: DataFrame, data_cols: list[str]) -> list[dict]:
@@ -96,7 +107,7 @@ def summarize(tagged: DataFrame, data_cols: list[str]) -> list[dict]:
     bad = tagged.where(F.col(REASON).isNotNull())
     rows = (bad.groupBy(COLUMN, REASON)
             .agg(F.count(F.lit(1)).alias("count"),
-                 F.sort_array(F.collect_set(FILE_COL)).alias("files"),
+                 F.sort_array(F.collect_set(_file(FILE_COL))).alias("files"),
                  F.min(_row_json(bad, data_cols)).alias("example"))
             .orderBy(COLUMN, REASON).collect())
     return [{"column": r[COLUMN], "reason": r[REASON], "count": int(r["count"]),
@@ -112,7 +123,8 @@ def describe_problems(problems: list[dict], total: int, labels: dict[str, str],
         col = "every column" if p["column"] == "*" else f"column '{p['column']}'{label}"
         lines.append(f"{files}: {col}: {p['count']} of {total} rows: {p['reason']}; "
                      f"e.g. {p['example']}")
-    return (f"{what}: {sum(p['count'] for p in problems)} bad rows; "
+    n = sum(p["count"] for p in problems)
+    return (f"{what}: {n} bad row{'' if n == 1 else 's'}; "
             f"set ingest.on_bad_rows=quarantine to move them to the quarantine table instead\n  "
             + "\n  ".join(lines))
 
@@ -135,7 +147,7 @@ def split(df: DataFrame, checks: list[Check], data_cols: list[str], *, total: in
         raise IngestError(describe_problems(problems, total, labels, what))
     good = tagged.where(F.col(REASON).isNull()).drop(REASON, COLUMN)
     bad = tagged.where(F.col(REASON).isNotNull())
-    quarantine = bad.select(F.col(FILE_COL).alias("file"), F.col(COLUMN).alias("column"),
+    quarantine = bad.select(_file(FILE_COL).alias("file"), F.col(COLUMN).alias("column"),
                             F.col(REASON).alias("reason"),
                             _row_json(bad, data_cols).alias("row"))
     return good, schemas.conform(quarantine, schemas.QUARANTINE, "quarantine"), problems
