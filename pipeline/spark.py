@@ -43,10 +43,22 @@ def local_defaults() -> dict[str, str]:
     }
 
 
+def flatten_conf(conf: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Spark property map from Hydra's: ``spark.conf.spark.sql.x=1`` nests by dots."""
+    out: dict[str, str] = {}
+    for key, value in conf.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_conf(value, f"{name}."))
+        else:
+            out[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
 def build_spark(master: str = "local[*]", conf: Mapping[str, Any] | None = None,
                 app_name: str = "pinsage") -> SparkSession:
     """Return a SparkSession; ``master`` only applies outside spark-submit."""
-    conf = {k: str(v) for k, v in (conf or {}).items()}
+    conf = flatten_conf(conf or {})
     builder = SparkSession.builder.appName(app_name)
     if under_spark_submit():
         log.info("running under spark-submit; keeping the submitter's master")
@@ -62,4 +74,6 @@ def build_spark(master: str = "local[*]", conf: Mapping[str, Any] | None = None,
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    log.info("Spark %s, master %s, %d default partitions", spark.version,
+             spark.sparkContext.master, spark.sparkContext.defaultParallelism)
     return spark

@@ -1,0 +1,44 @@
+"""The entry scripts as a user runs them: python, spark-submit, bad input."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def run(args, **kw):
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=300, **kw)
+
+
+def test_python_job_with_overrides(tmp_path):
+    (tmp_path / "e.csv").write_text("board,pin\nb1,p1\nb1,p2\nb2,p2\n")
+    proc = run([sys.executable, "jobs/ingest.py", "data=edges", f"data.path={tmp_path}/e.csv",
+                "data.src_col=board", "data.dst_col=pin", f"run_dir={tmp_path}/run"])
+    assert proc.returncode == 0, proc.stderr
+    assert "4 nodes {'item': 2, 'user': 2}, 3 edges" in proc.stdout
+    assert (tmp_path / "run" / "graph" / "_LATEST").exists()
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
+    proc = run([sys.executable, "jobs/ingest.py", "data=edges",
+                f"data.path={tmp_path}/missing.csv", f"run_dir={tmp_path}/run"])
+    assert proc.returncode == 2
+    assert f"error: data.path: no such file or directory: {tmp_path}/missing.csv" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_spark_submit_keeps_its_master_and_takes_overrides(tmp_path):
+    (tmp_path / "e.csv").write_text("a,b\n1,2\n2,3\n3,1\n")
+    proc = run([str(BIN / "spark-submit"), "--master", "local[1]", "jobs/ingest.py",
+                "data=edges", f"data.path={tmp_path}/e.csv", "data.src_col=a", "data.dst_col=b",
+                "data.bipartite=false", f"run_dir={tmp_path}/run",
+                "spark.master='local[2]'", "++spark.conf.spark.sql.shuffle.partitions=3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "master local[1]" in proc.stdout + proc.stderr  # not spark.master=local[2]
+    assert "3 nodes" in proc.stdout and "3 edges" in proc.stdout
