@@ -53,10 +53,17 @@ class SampleConfig:
     num_walks: int = 200
     walk_length: int = 3
     restart_prob: float = 0.5
-    num_neighbors: int = 10
-    mode: str = "memory"
+    num_neighbors: int = 10          # T
+    mode: str = "memory"             # memory | join
+    partitions: int = 0              # start-node partitions; 0 = 2 x Spark's default parallelism
     pair_window: int = 1
+    pairs_per_item: int = 3          # walk co-occurrence pairs when there are no times
+    hard_window: List[float] = field(default_factory=lambda: [0.02, 0.1])
+    num_hard: int = 6                # hard-negative candidates kept per query
+    easy_negatives: int = 500        # shared easy negatives stored with each minibatch
+    val_fraction: float = 0.05       # pairs whose minibatches are for validation
     batch_size: int = 512
+    batches_per_file: int = 16
 
 
 @dataclass
@@ -86,6 +93,7 @@ class InferConfig:
 @dataclass
 class EvalConfig:
     protocol: str = "leave_last_out"
+    holdout_fraction: float = 0.1    # random_edges: edges held out (half validation, half test)
     ks: List[int] = field(default_factory=lambda: [10, 50, 100])
 
 

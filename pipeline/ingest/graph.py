@@ -5,8 +5,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipeline.io import schemas
-
-_ROW_BITS = 33  # monotonically_increasing_id = partition id << 33 | row in partition
+from pipeline.spark import index_rows
 
 
 def assign_ids(ids: DataFrame) -> DataFrame:
@@ -17,23 +16,11 @@ def assign_ids(ids: DataFrame) -> DataFrame:
     numbering is a global sort plus per-partition offsets, all in the JVM, so
     it scales past what one machine could collect.
     """
-    order = (F.when(F.col("type") == schemas.ITEM, 0).otherwise(1).alias("_t"),
-             F.col("id").try_cast("long").alias("_n"))
-    ranked = (ids.select("id", "type", *order)
-              .orderBy(F.asc("_t"), F.asc_nulls_last("_n"), F.asc("id"))
-              .withColumn("_i", F.monotonically_increasing_id())
-              .persist())
-    counts = (ranked.groupBy(F.shiftright("_i", _ROW_BITS).alias("_p")).count()
-              .orderBy("_p").collect())
-    offsets, total = [], 0
-    for row in counts:
-        offsets.append((row["_p"], total))
-        total += row["count"]
-    spark = ids.sparkSession
-    starts = spark.createDataFrame(offsets, "_p long, _start long")
-    row_in_part = F.col("_i").bitwiseAND(F.lit((1 << _ROW_BITS) - 1))
-    ranked = ranked.withColumn("_p", F.shiftright("_i", _ROW_BITS)).join(F.broadcast(starts), "_p")
-    return ranked.select((F.col("_start") + row_in_part).alias("node"), "id", "type")
+    ranked = ids.select("id", "type",
+                        F.when(F.col("type") == schemas.ITEM, 0).otherwise(1).alias("_t"),
+                        F.col("id").try_cast("long").alias("_n"))
+    ranked = index_rows(ranked, F.asc("_t"), F.asc_nulls_last("_n"), F.asc("id"), name="node")
+    return ranked.select("node", "id", "type")
 
 
 def build_edges(good: DataFrame, roles: dict[str, str], bipartite: bool

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
-from pyspark.sql.types import (ArrayType, FloatType, LongType, StringType, StructField,
-                               StructType)
+from pyspark.sql.types import (ArrayType, FloatType, IntegerType, LongType, StringType,
+                               StructField, StructType)
 
 # Node types. In a bipartite graph users/boards and items are separate id
 # namespaces; only items get embeddings.
@@ -31,6 +31,50 @@ QUARANTINE = StructType([
     StructField("column", StringType(), False),
     StructField("reason", StringType(), False),
     StructField("row", StringType(), False),
+])
+
+
+# The evaluation split (stage `split`): one row per held-out interaction.
+HOLDOUT = StructType([
+    StructField("kind", StringType(), False),      # validation | test
+    StructField("user", LongType(), False),        # source node of the held-out edge
+    StructField("query", LongType(), False),       # item whose neighbours are retrieved
+    StructField("target", LongType(), False),      # item that should be retrieved
+    StructField("time", LongType(), True),
+])
+
+# Importance neighbourhoods (stage `neighbors`), sorted by weight descending.
+NEIGHBORS = StructType([
+    StructField("node", LongType(), False),
+    StructField("neighbors", ArrayType(LongType(), False), False),
+    StructField("weights", ArrayType(FloatType(), False), False),
+])
+
+# Training pairs and hard-negative candidates (stage `pairs`).
+PAIRS = StructType([
+    StructField("query", LongType(), False),
+    StructField("positive", LongType(), False),
+])
+HARD_NEGATIVES = StructType([
+    StructField("query", LongType(), False),
+    StructField("candidates", ArrayType(LongType(), False), False),
+])
+
+# Minibatches (stage `batches`): one row per minibatch, the whole K-layer
+# computation graph included. Layer 0 holds the batch's target nodes; layer
+# k+1 = layer k followed by the new neighbours of layer k, so a node's own
+# index is the same in every deeper layer. query/positive/hard/easy index
+# layer 0. nbr_idx[k] is row-major |layer k| x T into layer k+1, padded with
+# -1 (the mask) and weight 0.
+BATCHES = StructType([
+    StructField("batch", LongType(), False),
+    StructField("query", ArrayType(IntegerType(), False), False),
+    StructField("positive", ArrayType(IntegerType(), False), False),
+    StructField("hard", ArrayType(ArrayType(IntegerType(), False), False), False),
+    StructField("easy", ArrayType(IntegerType(), False), False),
+    StructField("nodes", ArrayType(ArrayType(LongType(), False), False), False),
+    StructField("nbr_idx", ArrayType(ArrayType(IntegerType(), False), False), False),
+    StructField("nbr_weight", ArrayType(ArrayType(FloatType(), False), False), False),
 ])
 
 
