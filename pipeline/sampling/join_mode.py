@@ -73,10 +73,10 @@ def _draw(seed: int, step: int, half: int, restart_prob: float):
 
 def _rank(n_items: int, num_neighbors: int, window: tuple[int, int], num_hard: int):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        table = pa.Table.from_batches(list(batches), schema=pa.schema(
-            [("start", pa.int64()), ("item", pa.int64()), ("count", pa.int64())]))
-        if table.num_rows == 0:
+        parts = [b for b in batches if b.num_rows]
+        if not parts:
             return
+        table = pa.Table.from_batches(parts)
         start = arrow.column(table, "start")
         nodes, owner = np.unique(start, return_inverse=True)
         ranked = walks.rank_visits(len(nodes), owner.astype(np.int64), arrow.column(table, "item"),

@@ -1,0 +1,195 @@
+"""The Spark sampling job: determinism, both modes, the split, pairs and minibatches."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from pipeline.errors import PipelineError
+from pipeline.ingest import run_ingest
+from pipeline.io import versioned
+from pipeline.sampling import run_sample
+
+
+def write_graph(path, n_users=60, n_items=40, per_user=8, seed=0, timed=True):
+    g = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        # Popularity skew, so neighbourhoods have structure.
+        items = g.choice(n_items, size=per_user, replace=False,
+                         p=np.arange(n_items, 0, -1) / np.arange(n_items, 0, -1).sum())
+        for t, i in enumerate(items):
+            rows.append((f"u{u}", f"i{i}", 1000 * u + t))
+    pd.DataFrame(rows, columns=["user", "item", "ts"]).drop(
+        columns=[] if timed else ["ts"]).to_csv(path, index=False)
+    return path
+
+
+def small_cfg(make_cfg, path, *extra):
+    return make_cfg("data=edges", f"data.path={path}", "data.src_col=user", "data.dst_col=item",
+                    "data.time_col=ts", "sample.num_walks=30", "sample.batch_size=16",
+                    "sample.easy_negatives=5", *extra)
+
+
+def files_digest(directory) -> list[str]:
+    return sorted(hashlib.sha256(p.read_bytes()).hexdigest()
+                  for p in directory.glob("*.parquet"))
+
+
+@pytest.fixture(scope="module")
+def ml(spark, tmp_path_factory):
+    """MovieLens-100K ingested and sampled once for the module."""
+    from hydra import compose, initialize_config_dir
+    from pipeline.config import CONF_DIR
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"run_dir={tmp_path_factory.mktemp('ml')}"])
+    run_ingest(spark, cfg)
+    return cfg, run_sample(spark, cfg)
+
+
+def _table(spark, cfg, stage, table):
+    return spark.read.parquet(str(versioned.resolve(cfg.run_dir, stage) / table))
+
+
+def test_movielens_neighbourhoods(spark, ml):
+    cfg, result = ml
+    nb = _table(spark, cfg, "neighbors", "neighbors").toPandas()
+    assert len(nb) == 1682 and sorted(nb["node"]) == list(range(1682))
+    assert result.counts["neighbors"]["empty_neighborhoods"] == int((nb["neighbors"].map(len) == 0).sum())
+    for ids, w in zip(nb["neighbors"], nb["weights"]):
+        assert len(ids) <= cfg.sample.num_neighbors and len(ids) == len(w)
+        if len(ids):
+            assert abs(float(np.sum(w)) - 1.0) < 1e-5
+            assert all(np.diff(w) <= 0) and len(set(ids)) == len(ids)
+
+
+def test_movielens_split_holds_out_last_two_per_user(spark, ml):
+    cfg, result = ml
+    held = _table(spark, cfg, "split", "holdout").toPandas()
+    train = _table(spark, cfg, "split", "train_edges").toPandas()
+    assert result.counts["split"] == {**result.counts["split"], "validation": 943, "test": 943,
+                                      "train_edges": 100_000 - 2 * 943}
+    # No held-out interaction is in the sampled graph.
+    leaked = held.merge(train, left_on=["user", "target"], right_on=["src", "dst"])
+    assert leaked.empty
+    # Test is each user's latest interaction, validation the one before; query = latest remaining.
+    last_train = train.sort_values(["time", "dst"]).groupby("src").tail(1).set_index("src")["dst"]
+    assert (held.set_index("user")["query"] == last_train.reindex(held["user"]).values).all()
+    t = held.pivot(index="user", columns="kind", values="time")
+    assert (t["test"] >= t["validation"]).all()
+    assert (t["validation"] >= train.groupby("src")["time"].max().reindex(t.index)).all()
+
+
+def test_movielens_pairs_come_from_training_edges_only(spark, ml):
+    cfg, _ = ml
+    train = _table(spark, cfg, "split", "train_edges").toPandas()
+    train = train.sort_values(["src", "time", "dst"])
+    nxt = train.groupby("src")["dst"].shift(-1)
+    expected = set(zip(train["dst"][nxt.notna()], nxt[nxt.notna()].astype(np.int64)))
+    expected = {(q, p) for q, p in expected if q != p}
+    pairs = _table(spark, cfg, "pairs", "pairs").toPandas()
+    assert set(zip(pairs["query"], pairs["positive"])) == expected
+    hard = _table(spark, cfg, "pairs", "hard_negatives").toPandas()
+    positives = pairs.groupby("query")["positive"].apply(set)
+    for q, cands in zip(hard["query"], hard["candidates"]):
+        assert not set(cands) & positives[q]
+
+
+def test_movielens_batches_hold_exact_computation_graphs(spark, ml):
+    cfg, result = ml
+    assert result.counts["batches"]["train_batches"] > 0
+    nb = _table(spark, cfg, "neighbors", "neighbors").toPandas().set_index("node")
+    pairs = set(map(tuple, _table(spark, cfg, "pairs", "pairs").toPandas().values))
+    batch = _table(spark, cfg, "batches", "train").orderBy("batch").first().asDict()
+    T, K = cfg.sample.num_neighbors, cfg.model.num_layers
+    layers = [np.array(x) for x in batch["nodes"]]
+    assert len(layers) == K + 1 and len(batch["nbr_idx"]) == K
+    targets = layers[0]
+    q, p = targets[batch["query"]], targets[batch["positive"]]
+    assert len(q) == cfg.sample.batch_size and all((a, b) in pairs for a, b in zip(q, p))
+    assert len(batch["easy"]) == cfg.sample.easy_negatives
+    for k in range(K):
+        assert np.array_equal(layers[k + 1][:len(layers[k])], layers[k])   # self is a prefix
+        assert len(set(layers[k + 1])) == len(layers[k + 1])
+        idx = np.array(batch["nbr_idx"][k]).reshape(len(layers[k]), T)
+        w = np.array(batch["nbr_weight"][k], dtype=np.float32).reshape(len(layers[k]), T)
+        for row, node in enumerate(layers[k]):
+            ids, wts = nb.loc[node, "neighbors"], nb.loc[node, "weights"]
+            n = len(ids)
+            assert list(layers[k + 1][idx[row, :n]]) == list(ids)
+            np.testing.assert_array_equal(w[row, :n], np.asarray(wts, dtype=np.float32))
+            assert (idx[row, n:] == -1).all() and (w[row, n:] == 0).all()
+
+
+def test_rerun_reuses_every_stage(spark, ml):
+    cfg, first = ml
+    again = run_sample(spark, cfg)
+    assert again.versions == first.versions and set(again.reused) == set(first.versions)
+
+
+def test_partitioning_does_not_change_a_byte(spark, make_cfg, tmp_path):
+    path = write_graph(tmp_path / "g.csv")
+    digests = {}
+    for parts in (1, 4):
+        cfg = small_cfg(make_cfg, path, f"sample.partitions={parts}",
+                        f"run_dir={tmp_path}/p{parts}")
+        run_ingest(spark, cfg)
+        run_sample(spark, cfg)
+        digests[parts] = {t: files_digest(versioned.resolve(cfg.run_dir, s) / t)
+                          for s, t in [("neighbors", "neighbors"), ("neighbors", "hard_candidates"),
+                                       ("batches", "train")]}
+    assert digests[1] == digests[4]
+
+
+@pytest.mark.parametrize("bipartite", [True, False])
+def test_join_mode_equals_memory_mode(spark, make_cfg, tmp_path, bipartite):
+    path = write_graph(tmp_path / "g.csv", n_users=30, n_items=25, per_user=5)
+    tables = {}
+    for mode in ("memory", "join"):
+        cfg = small_cfg(make_cfg, path, f"sample.mode={mode}", f"run_dir={tmp_path}/{mode}",
+                        f"data.bipartite={str(bipartite).lower()}", "eval.protocol=random_edges")
+        run_ingest(spark, cfg)
+        run_sample(spark, cfg)
+        tables[mode] = (_table(spark, cfg, "neighbors", "neighbors"),
+                        _table(spark, cfg, "neighbors", "hard_candidates"))
+    assertDataFrameEqual(tables["join"][0], tables["memory"][0])
+    assertDataFrameEqual(tables["join"][1], tables["memory"][1])
+
+
+def test_homogeneous_random_edges_without_times(spark, make_cfg, tmp_path):
+    path = write_graph(tmp_path / "g.csv", timed=False)
+    cfg = make_cfg("data=edges", f"data.path={path}", "data.src_col=user", "data.dst_col=item",
+                   "data.bipartite=false", "eval.protocol=random_edges", "eval.holdout_fraction=0.2",
+                   "sample.num_walks=30", "sample.batch_size=16", "sample.easy_negatives=5")
+    run_ingest(spark, cfg)
+    result = run_sample(spark, cfg)
+    held = _table(spark, cfg, "split", "holdout")
+    train = _table(spark, cfg, "split", "train_edges")
+    n_held = held.count()
+    assert 0.1 < n_held / (n_held + train.count()) < 0.3
+    assert held.join(train, (held.query == train.src) & (held.target == train.dst)).count() == 0
+    assert held.where(F.col("query") != F.col("user")).count() == 0
+    # Without times, positives are each item's top walk neighbours.
+    pairs = _table(spark, cfg, "pairs", "pairs")
+    nb = _table(spark, cfg, "neighbors", "neighbors")
+    top = nb.select(F.col("node").alias("query"),
+                    F.explode(F.slice("neighbors", 1, cfg.sample.pairs_per_item)).alias("positive"))
+    assertDataFrameEqual(pairs, top)
+    assert result.counts["batches"]["train_batches"] > 0
+
+
+def test_leave_last_out_needs_times(spark, make_cfg, tmp_path):
+    path = write_graph(tmp_path / "g.csv", timed=False)
+    cfg = make_cfg("data=edges", f"data.path={path}", "data.src_col=user", "data.dst_col=item")
+    run_ingest(spark, cfg)
+    with pytest.raises(PipelineError, match="eval.protocol=leave_last_out needs edge times"):
+        run_sample(spark, cfg)
+
+
+def test_bad_sampling_config(spark, make_cfg):
+    with pytest.raises(PipelineError, match="sample.mode must be one of memory, join, got 'disk'"):
+        run_sample(spark, make_cfg("sample.mode=disk"))
