@@ -3,8 +3,8 @@
     python jobs/pipeline.py                      # MovieLens-100K end to end
     python jobs/pipeline.py data=edges data.path=... run_dir=runs/mine
 
-Stages so far: ingest. Sampling, training, inference and evaluation join as
-they are built.
+Stages so far: ingest, sample. Training, inference and evaluation join as they
+are built.
 """
 import _paths  # noqa: F401  (must come first)
 import hydra
@@ -12,20 +12,41 @@ import hydra
 from pipeline import cli
 from pipeline.config import Config  # noqa: F401  (registers the schema)
 from pipeline.ingest import run_ingest
+from pipeline.sampling import run_sample
+
+
+def _status(version: str, reused: bool) -> str:
+    return f"{version}{' (reused)' if reused else ''}"
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @cli.job
 def main(cfg) -> None:
     spark = cli.spark_for(cfg, "pipeline")
-    result = run_ingest(spark, cfg)
-    c = result.counts
-    print(f"\ningest: graph/{result.version}{' (reused)' if result.reused else ''}")
+    ingest = run_ingest(spark, cfg)
+    c = ingest.counts
+    print(f"\ningest   graph/{_status(ingest.version, ingest.reused)}")
     print(f"  nodes: {c['nodes_out']:,} ({', '.join(f'{n:,} {t}s' for t, n in sorted(c['nodes'].items()))})")
     print(f"  edges: {c['edges_out']:,} (from {c['edge_rows_in']:,} rows; "
           f"{c['duplicate_edges_merged']:,} duplicates merged, {c['self_loops_dropped']:,} self-loops "
           f"dropped, {c['edge_rows_quarantined']:,} quarantined)")
     print(f"  item features: {c['feature_dim']} dims")
+
+    sample = run_sample(spark, cfg)
+    v, k = sample.versions, sample.counts
+    print(f"\nsample   split/{_status(v['split'], 'split' in sample.reused)}")
+    print(f"  {cfg.eval.protocol}: {k['split']['train_edges']:,} training edges, "
+          f"{k['split']['validation']:,} validation and {k['split']['test']:,} test interactions held out")
+    n = k["neighbors"]
+    print(f"         neighbors/{_status(v['neighbors'], 'neighbors' in sample.reused)}")
+    print(f"  {n['items']:,} items, {n['avg_neighbors']} neighbours on average, "
+          f"{n['empty_neighborhoods']} empty, {n['walks']:,} walks ({n['mode']} mode, {n['seconds']} s)")
+    print(f"         pairs/{_status(v['pairs'], 'pairs' in sample.reused)}")
+    print(f"  {k['pairs']['pairs']:,} positive pairs, {k['pairs']['avg_hard_candidates']} hard-negative "
+          f"candidates per query")
+    print(f"         batches/{_status(v['batches'], 'batches' in sample.reused)}")
+    print(f"  {k['batches']['train_batches']} training and {k['batches']['validation_batches']} "
+          f"validation minibatches of {cfg.sample.batch_size}, {k['batches']['num_layers']} layers")
 
 
 if __name__ == "__main__":

@@ -113,11 +113,18 @@ def test_alias_tables_reproduce_row_weights():
     assert np.all(prob[4:6] == 1.0)  # an equal-weight row needs no aliases
 
 
-def test_uniform_is_in_unit_interval_and_uncorrelated_across_counters():
-    keys = rng.walker_keys(0, np.arange(100_000), np.zeros(100_000, dtype=np.int64))
-    u0, u1 = rng.uniform(keys, 0), rng.uniform(keys, 1)
+def test_draws_are_uniform_and_uncorrelated_across_counters():
+    keys = rng.walker_keys(0, np.arange(200_000), np.zeros(200_000, dtype=np.int64))
+    h0, h1 = rng.bits(keys, 0), rng.bits(keys, 1)
+    u0, u1 = rng.unit(h0), rng.unit(h1)
     assert 0 <= u0.min() and u0.max() < 1
     assert abs(u0.mean() - 0.5) < 0.005 and abs(np.corrcoef(u0, u1)[0, 1]) < 0.01
+    slots = rng.slot(h0, np.full(len(h0), 7))
+    assert slots.min() == 0 and slots.max() == 6
+    np.testing.assert_allclose(np.bincount(slots) / len(slots), 1 / 7, atol=0.005)
+    # High and low halves of one hash are independent draws.
+    assert abs(np.corrcoef(slots, u0)[0, 1]) < 0.01
+    assert abs(rng.below(h1, 0.3).mean() - 0.3) < 0.005
 
 
 def test_rank_visits_ties_weights_and_hard_window():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -69,33 +70,95 @@ def _validate(cfg) -> None:
             raise PipelineError(msg)
 
 
-class _Stages:
+class Stages:
     """Publish-or-reuse bookkeeping shared by the four stages."""
 
-    def __init__(self, cfg, result: SampleResult):
-        self.cfg, self.result = cfg, result
+    def __init__(self, run_dir: str, *, force: bool = False, keep: int = 3,
+                 result: SampleResult | None = None):
+        self.run_dir, self.force, self.keep = run_dir, force, keep
+        self.result = result or SampleResult()
 
     def fingerprint(self, stage: str, inputs: dict[str, str], params: dict) -> str:
         return versioned.fingerprint({"code": pipeline.__version__, "stage": stage,
                                       "inputs": inputs, "params": params})
 
     def reuse(self, stage: str, fp: str) -> bool:
-        found = versioned.find_matching(self.cfg.run_dir, stage, fp)
-        if found and not self.cfg.force:
+        found = versioned.find_matching(self.run_dir, stage, fp)
+        if found and not self.force:
             self.result.versions[stage] = found
-            self.result.counts[stage] = versioned.read_manifest(self.cfg.run_dir, stage, found)["counts"]
+            self.result.counts[stage] = versioned.read_manifest(self.run_dir, stage, found)["counts"]
             self.result.reused.append(stage)
             log.info("%s/%s already built from these inputs; reusing it", stage, found)
             return True
         return False
 
     def publish(self, stage: str, fp: str, inputs: dict[str, str], params: dict):
-        return versioned.publish(self.cfg.run_dir, stage, fp, config=params, inputs=inputs,
-                                 keep=self.cfg.keep_versions)
+        return versioned.publish(self.run_dir, stage, fp, config=params, inputs=inputs,
+                                 keep=self.keep)
 
     def done(self, stage: str, out, counts: dict) -> None:
         self.result.versions[stage] = out.version
         self.result.counts[stage] = counts
+
+
+def expected_hops(walk_length: int, restart_prob: float) -> float:
+    """Mean item-to-item hops of one walk: sum over k of (1 - restart_prob)^k."""
+    return sum((1 - restart_prob) ** k for k in range(1, walk_length + 1))
+
+
+def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_version: str,
+                      n_nodes: int, n_items: int, bipartite: bool, partitions: int) -> str:
+    """Walk from every item of the ``split`` stage's training graph; publish ``neighbors``."""
+    window = hard_window(n_items, s.hard_window[0], s.hard_window[1], s.num_neighbors)
+    walk_params = {"num_walks": s.num_walks, "walk_length": s.walk_length,
+                   "restart_prob": s.restart_prob, "num_neighbors": s.num_neighbors,
+                   "hard_window": list(s.hard_window), "num_hard": s.num_hard, "seed": seed}
+    inputs = {"split": split_version}
+    fp = st.fingerprint("neighbors", inputs, walk_params)
+    if st.reuse("neighbors", fp):
+        return st.result.versions["neighbors"]
+    t0 = time.perf_counter()
+    edges_dir = str(versioned.resolve(st.run_dir, "split", split_version) / "train_edges")
+    kw = dict(num_walks=s.num_walks, walk_length=s.walk_length, restart_prob=s.restart_prob,
+              seed=seed, num_neighbors=s.num_neighbors, window=window, num_hard=s.num_hard,
+              partitions=partitions)
+    if s.mode == "memory":
+        csr = memory_mode.load_csr(edges_dir, n_nodes, n_items, bipartite)
+        log.info("CSR: %d nodes, %d adjacency slots, %s, loaded in %.1fs", n_nodes, len(csr.nbrs),
+                 "weighted" if csr.prob is not None else "unweighted", time.perf_counter() - t0)
+        ranked = memory_mode.sample(spark, csr, **kw)
+    else:
+        train_edges = spark.read.schema(schemas.EDGES).parquet(edges_dir)
+        ranked = join_mode.sample(spark, train_edges, n_items, bipartite, **kw)
+    with st.publish("neighbors", fp, inputs, {**walk_params, "mode": s.mode}) as out:
+        # Two tables come from one walk: write it once, then split the columns
+        # (a Parquet column read is far cheaper than walking twice or caching).
+        walked_dir = str(out.path / "_walked")
+        _write(ranked, walked_dir, "node", ROWS_PER_FILE, n_items)
+        walked = spark.read.parquet(walked_dir)
+        log.info("walked %d items in %.1fs", n_items, time.perf_counter() - t0)
+        for table, cols in (("neighbors", ["node", "neighbors", "weights"]),
+                            ("hard_candidates", ["node", "hard"])):
+            walked.select(*cols).sortWithinPartitions("node").write.parquet(out.table_path(table))
+        shutil.rmtree(walked_dir)
+        written = spark.read.parquet(out.table_path("neighbors"))
+        stats = written.agg(F.count(F.lit(1)).alias("items"),
+                            F.sum((F.size("neighbors") == 0).cast("int")).alias("empty"),
+                            F.avg(F.size("neighbors")).alias("avg")).first()
+        seconds = time.perf_counter() - t0
+        hops = n_items * s.num_walks * expected_hops(s.walk_length, s.restart_prob)
+        counts = {"items": int(stats["items"]), "empty_neighborhoods": int(stats["empty"] or 0),
+                  "avg_neighbors": round(float(stats["avg"] or 0), 3),
+                  "walks": n_items * s.num_walks, "hard_window_ranks": list(window),
+                  "mode": s.mode, "seconds": round(seconds, 2),
+                  "expected_hops_per_second": round(hops / seconds)}
+        out.manifest.update({"counts": counts, "schema": {
+            "neighbors": schemas.describe(schemas.NEIGHBORS),
+            "hard_candidates": {"node": "bigint", "hard": "array<bigint>"}}})
+    st.done("neighbors", out, counts)
+    log.info("neighbors: %d items in %.1fs (%s mode), %d empty neighbourhoods",
+             counts["items"], seconds, s.mode, counts["empty_neighborhoods"])
+    return out.version
 
 
 def run_sample(spark: SparkSession, cfg) -> SampleResult:
@@ -107,8 +170,8 @@ def run_sample(spark: SparkSession, cfg) -> SampleResult:
     n_items = int(graph_manifest["counts"]["nodes"].get(schemas.ITEM, 0))
     n_nodes = int(graph_manifest["counts"]["nodes_out"])
     bipartite = bool(graph_manifest["bipartite"])
-    result = SampleResult()
-    st = _Stages(cfg, result)
+    st = Stages(run_dir, force=cfg.force, keep=cfg.keep_versions)
+    result = st.result
     partitions = s.partitions or 2 * spark.sparkContext.defaultParallelism
 
     # 1. Evaluation split, before anything sees the edges.
@@ -137,41 +200,8 @@ def run_sample(spark: SparkSession, cfg) -> SampleResult:
     train_edges = spark.read.schema(schemas.EDGES).parquet(str(split_dir / "train_edges"))
 
     # 2. Random walks -> importance neighbourhoods and hard-negative candidates.
-    window = hard_window(n_items, s.hard_window[0], s.hard_window[1], s.num_neighbors)
-    walk_params = {"num_walks": s.num_walks, "walk_length": s.walk_length,
-                   "restart_prob": s.restart_prob, "num_neighbors": s.num_neighbors,
-                   "hard_window": list(s.hard_window), "num_hard": s.num_hard, "seed": seed}
-    inputs = {"split": result.versions["split"]}
-    fp = st.fingerprint("neighbors", inputs, walk_params)
-    if not st.reuse("neighbors", fp):
-        t0 = time.perf_counter()
-        kw = dict(num_walks=s.num_walks, walk_length=s.walk_length, restart_prob=s.restart_prob,
-                  seed=seed, num_neighbors=s.num_neighbors, window=window, num_hard=s.num_hard,
-                  partitions=partitions)
-        if s.mode == "memory":
-            csr = memory_mode.load_csr(str(split_dir / "train_edges"), n_nodes, n_items, bipartite)
-            ranked = memory_mode.sample(spark, csr, **kw)
-        else:
-            ranked = join_mode.sample(spark, train_edges, n_items, bipartite, **kw)
-        with st.publish("neighbors", fp, inputs, {**walk_params, "mode": s.mode}) as out:
-            _write(ranked.select("node", "neighbors", "weights"), out.table_path("neighbors"),
-                   "node", ROWS_PER_FILE, n_items)
-            _write(ranked.select("node", "hard"), out.table_path("hard_candidates"),
-                   "node", ROWS_PER_FILE, n_items)
-            written = spark.read.parquet(out.table_path("neighbors"))
-            stats = written.agg(F.count(F.lit(1)).alias("items"),
-                                F.sum((F.size("neighbors") == 0).cast("int")).alias("empty"),
-                                F.avg(F.size("neighbors")).alias("avg")).first()
-            seconds = time.perf_counter() - t0
-            counts = {"items": int(stats["items"]), "empty_neighborhoods": int(stats["empty"] or 0),
-                      "avg_neighbors": round(float(stats["avg"] or 0), 3),
-                      "walks": n_items * s.num_walks, "hard_window_ranks": list(window),
-                      "mode": s.mode, "seconds": round(seconds, 2)}
-            out.manifest.update({"counts": counts, "schema": {
-                "neighbors": schemas.describe(schemas.NEIGHBORS),
-                "hard_candidates": {"node": "bigint", "hard": "array<bigint>"}}})
-        st.done("neighbors", out, counts)
-        log.info("neighbors: %d items in %.1fs (%s mode)", counts["items"], seconds, s.mode)
+    publish_neighbors(spark, st, s, seed=seed, split_version=result.versions["split"],
+                      n_nodes=n_nodes, n_items=n_items, bipartite=bipartite, partitions=partitions)
     nb_dir = versioned.resolve(run_dir, "neighbors", result.versions["neighbors"])
     neighbors = spark.read.parquet(str(nb_dir / "neighbors"))
     ranked = neighbors.join(spark.read.parquet(str(nb_dir / "hard_candidates")), "node")

@@ -3,7 +3,8 @@
 Walks must not depend on partitioning, task retries or the execution mode, so
 no generator state is carried anywhere: each number is a hash (SplitMix64's
 finaliser, applied in a chain) of the counters that identify it. Everything is
-vectorised over NumPy uint64 arrays, whose arithmetic wraps modulo 2**64.
+vectorised over NumPy uint64 arrays, whose arithmetic wraps modulo 2**64, and
+stays in integers: a 64-bit hash gives two 32-bit draws.
 """
 from __future__ import annotations
 
@@ -12,21 +13,27 @@ import numpy as np
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31, _S11 = (np.uint64(s) for s in (30, 27, 31, 11))
-_TO_UNIT = 1.0 / float(1 << 53)
+_S27, _S30, _S31, _S32 = (np.uint64(s) for s in (27, 30, 31, 32))
+_LOW = np.uint64(0xFFFFFFFF)
+_TO_UNIT32 = 1.0 / float(1 << 32)
 
-# Streams: which random number of a step this is.
-STOP, PICK, ACCEPT = 0, 1, 2
-STREAMS_PER_HALF_HOP = 2
+# Streams: which hash of a step this is.
+STOP, PICK = 0, 1
 
 
 def mix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser: a bijective avalanche of a uint64 array."""
-    with np.errstate(over="ignore"):
-        z = x + _GOLDEN
-        z = (z ^ (z >> _S30)) * _M1
-        z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
+    """SplitMix64 finaliser: a bijective avalanche of a uint64 array (new array)."""
+    z = x + _GOLDEN
+    t = np.empty_like(z)
+    np.right_shift(z, _S30, out=t)
+    np.bitwise_xor(z, t, out=z)
+    np.multiply(z, _M1, out=z)
+    np.right_shift(z, _S27, out=t)
+    np.bitwise_xor(z, t, out=z)
+    np.multiply(z, _M2, out=z)
+    np.right_shift(z, _S31, out=t)
+    np.bitwise_xor(z, t, out=z)
+    return z
 
 
 def walker_keys(seed: int, start: np.ndarray, walk: np.ndarray) -> np.ndarray:
@@ -36,12 +43,27 @@ def walker_keys(seed: int, start: np.ndarray, walk: np.ndarray) -> np.ndarray:
     return mix(k ^ walk.astype(np.uint64))
 
 
-def uniform(keys: np.ndarray, counter: int) -> np.ndarray:
-    """Uniform float64 in [0, 1) for each key at this counter (53 random bits)."""
-    h = mix(keys ^ mix(np.uint64(counter) + np.zeros_like(keys)))
-    return (h >> _S11).astype(np.float64) * _TO_UNIT
-
-
 def counter(step: int, half_hop: int, stream: int) -> int:
-    """The counter of a step's random number: distinct for every (step, half hop, stream)."""
+    """The counter of a step's hash: distinct for every (step, half hop, stream)."""
     return (step * 4 + half_hop) * 4 + stream
+
+
+def bits(keys: np.ndarray, ctr: int) -> np.ndarray:
+    """64 random bits per key at this counter."""
+    salt = mix(np.array([ctr], dtype=np.uint64))[0]
+    return mix(keys ^ salt)
+
+
+def below(h: np.ndarray, p: float) -> np.ndarray:
+    """True with probability ``p``, from the low 32 bits."""
+    return (h & _LOW) < np.uint64(min(int(p * 4294967296.0), 1 << 32))
+
+
+def slot(h: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Uniform integer in ``[0, n)`` from the high 32 bits (multiply-shift, no division)."""
+    return ((h >> _S32) * n.astype(np.uint64) >> _S32).astype(np.int64)
+
+
+def unit(h: np.ndarray) -> np.ndarray:
+    """Uniform float64 in [0, 1) from the low 32 bits."""
+    return (h & _LOW).astype(np.float64) * _TO_UNIT32

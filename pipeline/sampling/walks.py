@@ -24,10 +24,10 @@ from pipeline.sampling import rng
 class CSR:
     """Adjacency with alias tables; row ``v`` is ``indptr[v]:indptr[v+1]``."""
 
-    indptr: np.ndarray    # int64, n_nodes + 1
-    nbrs: np.ndarray      # int64, neighbour of each slot
-    prob: np.ndarray      # float64, alias acceptance probability of each slot
-    alias: np.ndarray     # int64, neighbour taken when the slot is rejected
+    indptr: np.ndarray           # int64, n_nodes + 1
+    nbrs: np.ndarray             # neighbour of each slot (int32 when ids fit)
+    prob: np.ndarray | None      # float64 alias acceptance per slot; None: unweighted
+    alias: np.ndarray | None     # neighbour taken when the slot is rejected
     n_items: int
     bipartite: bool
 
@@ -71,6 +71,14 @@ def _vose(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return prob, alias
 
 
+def _sorted_by(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether pairs ``(a, b)`` are in ascending lexicographic order."""
+    if len(a) < 2:
+        return True
+    da, db = np.diff(a), np.diff(b)
+    return bool(np.all((da > 0) | ((da == 0) & (db >= 0))))
+
+
 def build_csr(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, n_nodes: int,
               n_items: int, bipartite: bool) -> CSR:
     """Walkable adjacency from an edge list: both directions, duplicates merged.
@@ -79,33 +87,54 @@ def build_csr(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, n_nodes: int
     are treated as undirected. Rows are sorted by neighbour id so that both
     execution modes build identical alias tables.
     """
-    a = np.concatenate([src, dst]).astype(np.int64)
-    b = np.concatenate([dst, src]).astype(np.int64)
-    w = np.concatenate([weight, weight]).astype(np.float64)
-    order = np.lexsort((b, a))
-    a, b, w = a[order], b[order], w[order]
-    if len(a):
-        first = np.concatenate([[True], (a[1:] != a[:-1]) | (b[1:] != b[:-1])])
-        starts = np.flatnonzero(first)
+    src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
+    weight = np.asarray(weight, np.float64)
+    if not _sorted_by(src, dst):
+        order = np.argsort(src * np.int64(n_nodes) + dst, kind="stable")
+        src, dst, weight = src[order], dst[order], weight[order]
+    if bipartite:
+        # Items (all destinations) are numbered below users (all sources), so
+        # the item rows come first: a stable sort of the destinations gives
+        # them, each with its users ascending; the user rows are the input,
+        # already in (src, dst) order.
+        rev = np.argsort(dst, kind="stable")
+        a = np.concatenate([dst[rev], src])
+        b = np.concatenate([src[rev], dst])
+        w = np.concatenate([weight[rev], weight])
+    else:
+        a = np.concatenate([src, dst])
+        b = np.concatenate([dst, src])
+        order = np.argsort(a * np.int64(n_nodes) + b, kind="stable")
+        a, b, w = a[order], b[order], np.concatenate([weight, weight])[order]
+    dup = (a[1:] == a[:-1]) & (b[1:] == b[:-1]) if len(a) else np.zeros(0, bool)
+    if dup.any():
+        starts = np.flatnonzero(np.concatenate([[True], ~dup]))
         w = np.add.reduceat(w, starts)
         a, b = a[starts], b[starts]
     indptr = np.zeros(n_nodes + 1, dtype=np.int64)
     np.cumsum(np.bincount(a, minlength=n_nodes), out=indptr[1:])
     prob, alias_rel = alias_rows(w, indptr)
-    alias_nbr = b[np.repeat(indptr[:-1], np.diff(indptr)) + alias_rel]
-    return CSR(indptr, b, prob, alias_nbr, n_items, bipartite)
+    nbrs = b.astype(np.int32) if n_nodes < 2**31 else b
+    if np.all(prob == 1.0):
+        # Every row is uniform: a draw is one slot, no acceptance test; and the
+        # broadcast carries a third of the bytes.
+        return CSR(indptr, nbrs, None, None, n_items, bipartite)
+    alias_nbr = nbrs[np.repeat(indptr[:-1], np.diff(indptr)) + alias_rel]
+    return CSR(indptr, nbrs, prob, alias_nbr, n_items, bipartite)
 
 
-def draw(keys: np.ndarray, step: int, half: int, deg: np.ndarray
-         ) -> tuple[np.ndarray, np.ndarray]:
-    """Slot and acceptance draw of one half hop: ``(slot in row, uniform)``."""
-    u = rng.uniform(keys, rng.counter(step, half, rng.PICK))
-    slot = np.minimum((u * deg).astype(np.int64), deg - 1)
-    return slot, rng.uniform(keys, rng.counter(step, half, rng.ACCEPT))
+def draw(keys: np.ndarray, step: int, half: int, deg: np.ndarray, weighted: bool = True
+         ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Slot and alias acceptance draw of one half hop: ``(slot in row, uniform or None)``.
+
+    One 64-bit hash: its high half picks the slot, its low half the acceptance.
+    """
+    h = rng.bits(keys, rng.counter(step, half, rng.PICK))
+    return rng.slot(h, deg), (rng.unit(h) if weighted else None)
 
 
 def keep_going(keys: np.ndarray, step: int, restart_prob: float) -> np.ndarray:
-    return rng.uniform(keys, rng.counter(step, 0, rng.STOP)) >= restart_prob
+    return ~rng.below(rng.bits(keys, rng.counter(step, 0, rng.STOP)), restart_prob)
 
 
 def walk(csr: CSR, starts: np.ndarray, num_walks: int, walk_length: int,
@@ -116,24 +145,29 @@ def walk(csr: CSR, starts: np.ndarray, num_walks: int, walk_length: int,
     """
     starts = np.asarray(starts, dtype=np.int64)
     owner = np.repeat(np.arange(len(starts), dtype=np.int64), num_walks)
-    start = starts[owner]
-    keys = rng.walker_keys(seed, start, np.tile(np.arange(num_walks, dtype=np.int64), len(starts)))
-    deg = csr.deg
-    cur = start
-    alive = deg[cur] > 0
-    owner, start, keys, cur = owner[alive], start[alive], keys[alive], cur[alive]
+    keys = rng.walker_keys(seed, starts[owner],
+                           np.tile(np.arange(num_walks, dtype=np.int64), len(starts)))
+    indptr = csr.indptr
+    alive = indptr[starts + 1] > indptr[starts]
+    live = alive[owner]
+    owner, keys = owner[live], keys[live]
+    cur = starts[owner]
     out_owner, out_visit = [], []
     for step in range(1, walk_length + 1):
         go = keep_going(keys, step, restart_prob)
-        owner, start, keys, cur = owner[go], start[go], keys[go], cur[go]
+        owner, keys, cur = owner[go], keys[go], cur[go]
         if len(cur) == 0:
             break
         for half in range(2 if csr.bipartite else 1):
-            d = deg[cur]
-            slot, accept = draw(keys, step, half, d)
-            e = csr.indptr[cur] + slot
-            cur = np.where(accept < csr.prob[e], csr.nbrs[e], csr.alias[e])
-        away = cur != start
+            lo = indptr[cur]
+            slot, accept = draw(keys, step, half, indptr[cur + 1] - lo,
+                                weighted=csr.prob is not None)
+            e = lo + slot
+            if csr.prob is None:
+                cur = csr.nbrs[e].astype(np.int64)
+            else:
+                cur = np.where(accept < csr.prob[e], csr.nbrs[e], csr.alias[e]).astype(np.int64)
+        away = cur != starts[owner]
         out_owner.append(owner[away])
         out_visit.append(cur[away])
     if not out_owner:
@@ -143,8 +177,12 @@ def walk(csr: CSR, starts: np.ndarray, num_walks: int, walk_length: int,
 
 def count_visits(owner: np.ndarray, visited: np.ndarray, n_items: int
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(owner, item, count)`` for every distinct visit."""
-    key, counts = np.unique(owner * np.int64(n_items) + visited, return_counts=True)
+    """``(owner, item, count)`` for every distinct visit, sorted by (owner, item)."""
+    key = owner * np.int64(n_items) + visited
+    if len(key) and int(key.max()) < 2**31:
+        key = key.astype(np.int32)  # sorting half the bytes is markedly faster
+    key, counts = np.unique(key, return_counts=True)
+    key = key.astype(np.int64)
     return key // n_items, key % n_items, counts.astype(np.int64)
 
 
@@ -177,7 +215,13 @@ def rank_visits(n_starts: int, owner: np.ndarray, item: np.ndarray, count: np.nd
     Hard candidates: up to ``num_hard`` items at evenly spaced ranks of the
     ``window`` of the visit ranking.
     """
-    order = np.lexsort((item, -count, owner))
+    # By owner, then count descending, then item: one stable sort on a packed
+    # key, since (owner, item) order is kept among equal keys.
+    if not _sorted_by(owner, item):
+        order = np.lexsort((item, owner))
+        owner, item, count = owner[order], item[order], count[order]
+    order = np.argsort((owner << 32) | (np.int64(2**31 - 1) - np.minimum(count, 2**31 - 1)),
+                       kind="stable")
     owner, item, count = owner[order], item[order], count[order]
     first = np.searchsorted(owner, np.arange(n_starts + 1))
     rank = np.arange(len(owner)) - first[owner]
