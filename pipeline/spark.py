@@ -32,7 +32,8 @@ def local_defaults() -> dict[str, str]:
     cores = os.cpu_count() or 2
     return {
         "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false",
+        # Stage progress bars for a person at a terminal; none in logs and CI.
+        "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
         # Spark's default of 200 shuffle partitions is tuned for clusters; on a
         # few cores it means hundreds of tiny tasks per shuffle.
         "spark.sql.shuffle.partitions": str(max(2, 2 * cores)),

@@ -9,6 +9,8 @@ modes give identical neighbourhoods for the same seed.
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Iterator
 
 import numpy as np
@@ -18,7 +20,8 @@ from pyspark.sql import functions as F
 
 from pipeline.sampling import arrow, walks
 
-WALKER = "start long, walk long, cur long, deg long"
+log = logging.getLogger(__name__)
+
 DRAWN = "start long, walk long, cur long, slot long, accept double"
 SLOTS = "node long, slot long, nbr long, prob double, alias_nbr long"
 
@@ -97,6 +100,7 @@ def sample(spark: SparkSession, edges: DataFrame, n_items: int, bipartite: bool,
                .crossJoin(spark.range(num_walks).withColumnRenamed("id", "walk"))
                .select(F.col("node").alias("start"), "walk", F.col("node").alias("cur"), "deg"))
     visits = []
+    t0 = time.perf_counter()
     for step in range(1, walk_length + 1):
         for half in range(2 if bipartite else 1):
             drawn = walkers.mapInArrow(_draw(seed, step, half, restart_prob), DRAWN)
@@ -107,6 +111,8 @@ def sample(spark: SparkSession, edges: DataFrame, n_items: int, bipartite: bool,
                 F.when(take, F.col("nbr")).otherwise(F.col("alias_nbr")).alias("cur"),
                 F.when(take, F.col("nbr_deg")).otherwise(F.col("alias_deg")).alias("deg"))
         walkers = walkers.localCheckpoint()
+        log.info("join mode: hop %d/%d done, %d walkers still walking (%.1fs)",
+                 step, walk_length, walkers.count(), time.perf_counter() - t0)
         visits.append(walkers.where(F.col("cur") != F.col("start"))
                       .select("start", F.col("cur").alias("item")))
     counts = (spark.createDataFrame([], "start long, item long") if not visits else
