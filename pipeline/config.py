@@ -79,10 +79,17 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 3
     lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"         # cosine | constant
     margin: float = 0.1
-    easy_negatives: int = 500
-    max_hard_negatives: int = 3
-    prefetch: int = 4
+    easy_negatives: int = 500        # used per minibatch, at most what sampling stored
+    max_hard_negatives: int = 3      # epoch n uses min(n - 1, this) hard negatives per query
+    prefetch: int = 4                # queue depth per producer; 0 = synchronous loading
+    num_workers: int = 1             # producer threads
+    checkpoint_every: int = 50       # steps; checkpoints also at every epoch end
+    resume: bool = False             # continue from the latest checkpoint of this run
+    device: str = "auto"             # auto (cuda when available) | cpu | cuda
+    val_k: int = 10                  # validation hit-rate@k on the split's validation pairs
 
 
 @dataclass

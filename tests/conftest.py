@@ -24,3 +24,14 @@ def make_cfg(tmp_path):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose("config", overrides=[f"run_dir={tmp_path / 'run'}", *overrides])
     return _make
+
+
+@pytest.fixture(scope="session")
+def ml(spark, tmp_path_factory):
+    """MovieLens-100K ingested and sampled once for the whole run: ``(cfg, SampleResult)``."""
+    from pipeline.ingest import run_ingest
+    from pipeline.sampling import run_sample
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"run_dir={tmp_path_factory.mktemp('ml')}"])
+    run_ingest(spark, cfg)
+    return cfg, run_sample(spark, cfg)

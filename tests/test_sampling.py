@@ -40,17 +40,6 @@ def files_digest(directory) -> list[str]:
                   for p in directory.glob("*.parquet"))
 
 
-@pytest.fixture(scope="module")
-def ml(spark, tmp_path_factory):
-    """MovieLens-100K ingested and sampled once for the module."""
-    from hydra import compose, initialize_config_dir
-    from pipeline.config import CONF_DIR
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"run_dir={tmp_path_factory.mktemp('ml')}"])
-    run_ingest(spark, cfg)
-    return cfg, run_sample(spark, cfg)
-
-
 def _table(spark, cfg, stage, table):
     return spark.read.parquet(str(versioned.resolve(cfg.run_dir, stage) / table))
 

@@ -1,0 +1,129 @@
+"""The PinSage model: an input layer and K stacked PinSage convolutions.
+
+Layer convention: conv 0 is applied first (bottom). With a K-layer minibatch,
+the nodes of layer k (0 = targets) get their representation from conv
+``K-1-k`` applied to layer k+1's; in ``full_graph_embed`` conv c is applied to
+every node in turn, c = 0 .. K-1. Both therefore give each node the same
+value, which is what lets Spark inference run one ``layer()`` per pass over
+all nodes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.model.layers import NORM_EPS, PinSageConv, check_aggregator
+
+ID_EMBEDDINGS = ("on", "off", "hashed")
+
+# Multiplier of the hashed ID embedding (MurmurHash2's m: odd, < 2**31).
+HASH_MULTIPLIER = 0x5BD1E995
+_LOW32 = 0xFFFFFFFF
+
+
+def hash_ids(node_ids: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Bucket of each node id: ``((id mod 2**32) * 0x5BD1E995 mod 2**32) mod buckets``.
+
+    All in int64 without overflow (a 32-bit value times a 31-bit constant <
+    2**63), so it is the same on every platform and in Spark. The multiply
+    mod 2**32 is a bijection of 32-bit ids that scatters consecutive ids over
+    the buckets.
+    """
+    x = node_ids.to(torch.int64) & _LOW32
+    return ((x * HASH_MULTIPLIER) & _LOW32) % buckets
+
+
+class PinSage(nn.Module):
+    """Item embeddings from features and/or a learnable ID embedding, then K convolutions.
+
+    ``id_embedding``: ``"on"`` one row per item (node ids must be
+    0..num_items-1), ``"off"`` features only, ``"hashed"`` ``id_buckets`` rows
+    shared through ``hash_ids`` (bounded memory for huge or growing catalogues).
+    """
+
+    def __init__(self, feature_dim: int, hidden_dim: int, num_layers: int, aggregator: str,
+                 num_items: int, id_embedding: str = "on", id_buckets: int = 100_000):
+        super().__init__()
+        check_aggregator(aggregator)
+        if id_embedding not in ID_EMBEDDINGS:
+            raise ValueError(f"unknown id_embedding {id_embedding!r}; "
+                             f"expected one of {ID_EMBEDDINGS}")
+        if feature_dim < 0 or hidden_dim < 1 or num_layers < 0:
+            raise ValueError(f"need feature_dim >= 0, hidden_dim >= 1, num_layers >= 0; got "
+                             f"{feature_dim}, {hidden_dim}, {num_layers}")
+        if feature_dim == 0 and id_embedding == "off":
+            raise ValueError("the model has no input: feature_dim is 0 and id_embedding is 'off'")
+        self.feature_dim, self.hidden_dim, self.num_layers = feature_dim, hidden_dim, num_layers
+        self.aggregator, self.id_embedding, self.id_buckets = aggregator, id_embedding, id_buckets
+
+        self.feature_proj = nn.Linear(feature_dim, hidden_dim) if feature_dim > 0 else None
+        rows = {"on": num_items, "hashed": id_buckets}.get(id_embedding)
+        if rows is not None and rows < 1:
+            raise ValueError(f"id_embedding={id_embedding!r} needs at least one row, got {rows}")
+        self.id_emb = nn.Embedding(rows, hidden_dim) if rows else None
+        if self.id_emb is not None:
+            # Same scale as a projected feature vector, not N(0, 1) per coordinate.
+            nn.init.normal_(self.id_emb.weight, std=1.0 / math.sqrt(hidden_dim))
+        self.convs = nn.ModuleList(PinSageConv(hidden_dim, hidden_dim, aggregator)
+                                   for _ in range(num_layers))
+
+    def input_layer(self, node_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+        """(n, hidden): projected features plus the node's ID embedding."""
+        h = None
+        if self.feature_proj is not None:
+            h = self.feature_proj(features.to(self.feature_proj.weight.dtype))
+        if self.id_emb is not None:
+            ids = node_ids.to(torch.int64)
+            if self.id_embedding == "hashed":
+                ids = hash_ids(ids, self.id_buckets)
+            e = self.id_emb(ids)
+            h = e if h is None else h + e
+        return h
+
+    def layer(self, k: int, h_self: torch.Tensor, h_nbr: torch.Tensor, weight: torch.Tensor,
+              mask: torch.Tensor) -> torch.Tensor:
+        """Apply conv ``k`` (0 = bottom) to any number of nodes."""
+        return self.convs[k](h_self, h_nbr, weight, mask)
+
+    def forward(self, nodes: Sequence[torch.Tensor], features: torch.Tensor | None,
+                nbr_idx: Sequence[torch.Tensor], nbr_weight: Sequence[torch.Tensor]
+                ) -> torch.Tensor:
+        """Embeddings (|layer 0|, hidden) of one minibatch laid out as ``schemas.BATCHES``.
+
+        ``nodes[k]`` are layer k's node ids, ``features`` those of ``nodes[K]``,
+        ``nbr_idx[k]`` (|layer k|, T) local indices into layer k+1 (-1 = padding)
+        and ``nbr_weight[k]`` their weights.
+        """
+        K = len(nodes) - 1
+        if K != self.num_layers or len(nbr_idx) != K or len(nbr_weight) != K:
+            raise ValueError(f"minibatch has {K} layers ({len(nbr_idx)} index and "
+                             f"{len(nbr_weight)} weight tensors), model has {self.num_layers}")
+        h = self.input_layer(nodes[K], features)
+        for k in range(K - 1, -1, -1):
+            idx = nbr_idx[k].to(torch.int64)
+            h = self.layer(K - 1 - k, h[:len(nodes[k])], h[idx.clamp_min(0)],
+                           nbr_weight[k], idx >= 0)
+        return F.normalize(h, dim=-1, eps=NORM_EPS)
+
+    def full_graph_embed(self, node_ids: torch.Tensor, features: torch.Tensor | None,
+                         nbr_table: torch.Tensor, nbr_weight: torch.Tensor,
+                         return_layers: bool = False):
+        """Every node's embedding, each layer computed once for all N nodes.
+
+        ``nbr_table`` (N, T) holds row indices into ``node_ids`` (-1 = padding).
+        With ``return_layers`` the list [input, after conv 0, ..., after conv
+        K-1] is returned as well, for layer-by-layer exactness checks.
+        """
+        idx = nbr_table.to(torch.int64)
+        safe, mask = idx.clamp_min(0), idx >= 0
+        h = self.input_layer(node_ids, features)
+        layers = [h]
+        for c in range(self.num_layers):
+            h = self.layer(c, h, h[safe], nbr_weight, mask)
+            layers.append(h)
+        out = F.normalize(h, dim=-1, eps=NORM_EPS)
+        return (out, layers) if return_layers else out

@@ -1,0 +1,1 @@
+"""Training: the minibatch loader, the feature store and (later) the training loop."""

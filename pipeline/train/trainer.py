@@ -1,0 +1,331 @@
+"""Training: PinSage on the sampled minibatches, max-margin loss, hard-negative curriculum.
+
+One function, :func:`run_train`, runs single-process or under ``torchrun``
+(DistributedDataParallel: each rank reads a disjoint set of minibatch files).
+Everything random is derived from ``seed``, the epoch and the minibatch id, so
+a run resumed from a checkpoint reproduces an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+import pipeline
+from pipeline.errors import PipelineError
+from pipeline.io import versioned
+from pipeline.model import build_model, max_margin_loss
+from pipeline.train import checkpoint, validation
+from pipeline.train.features import FeatureStore, build_feature_store
+from pipeline.train.loader import BatchLoader, Minibatch, list_batch_files
+
+log = logging.getLogger(__name__)
+
+STAGE = "model"
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class TrainResult:
+    version: str | None
+    history: list[dict] = field(default_factory=list)
+    reused: bool = False
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device) -> _Dist:
+    """Join the torchrun process group when launched by torchrun; no-op otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size())
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise PipelineError("train.device=cuda but no CUDA device is available")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    if name != "cpu":
+        raise PipelineError(f"train.device must be auto, cpu or cuda, got '{name}'")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def hard_negatives(mb: Minibatch, count: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` hard negatives per query drawn from its candidates: (indices, mask).
+
+    The draw depends only on (seed, epoch, minibatch), never on what ran before.
+    """
+    hard = mb.hard
+    if count == 0 or hard.numel() == 0:
+        empty = torch.zeros((len(mb.query), 0), dtype=torch.int64, device=hard.device)
+        return empty, empty.bool()
+    g = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + mb.batch_id) % 2**63)
+    keys = torch.rand(hard.shape, generator=g).to(hard.device)
+    keys = keys.masked_fill(hard < 0, 2.0)  # padding sorts last
+    order = keys.argsort(dim=1)[:, :count]
+    chosen = hard.gather(1, order)
+    return chosen, chosen >= 0
+
+
+def curriculum(epoch: int, max_hard: int) -> int:
+    """Hard negatives per query in 1-based ``epoch``: n - 1, capped (PinSage's schedule)."""
+    return max(0, min(epoch - 1, max_hard))
+
+
+def batch_loss(model, mb: Minibatch, *, margin: float, easy: int, hard: int, seed: int,
+               epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(total, easy part, hard part or None)`` for one minibatch."""
+    z = model(mb.nodes, mb.features, mb.nbr_idx, mb.nbr_weight)
+    zq, zp = z[mb.query], z[mb.positive]
+    loss_easy = max_margin_loss(zq, zp, z[mb.easy[:easy]], margin)
+    idx, mask = hard_negatives(mb, hard, seed, epoch)
+    if idx.shape[1] == 0 or not bool(mask.any()):
+        return loss_easy, loss_easy, None
+    loss_hard = max_margin_loss(zq, zp, z[idx.clamp_min(0)], margin, neg_mask=mask)
+    return loss_easy + loss_hard, loss_easy, loss_hard
+
+
+def _schedule(optimizer, kind: str, total_steps: int):
+    if kind not in SCHEDULES:
+        raise PipelineError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{kind}'")
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps))))
+
+
+def _inputs(run_dir: str) -> dict[str, str]:
+    out = {}
+    for stage in ("graph", "split", "neighbors", "batches"):
+        version = versioned.latest_version(run_dir, stage)
+        if version is None:
+            raise PipelineError(f"training needs the '{stage}' stage in {run_dir}; "
+                                f"run jobs/ingest.py and jobs/sample.py first")
+        out[stage] = version
+    return out
+
+
+def _feature_store(run_dir: str, graph_version: str) -> FeatureStore:
+    """The items' features as a memory-mapped array, built once per graph version."""
+    path = Path(run_dir) / "_cache" / f"features-{graph_version}.npy"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_feature_store(versioned.resolve(run_dir, "graph", graph_version) / "nodes", path)
+    return FeatureStore.open(path)
+
+
+def run_train(cfg, *, stop_after_epoch: int | None = None) -> TrainResult:
+    """Train on the latest minibatches; publish the ``model`` stage (rank 0).
+
+    ``stop_after_epoch`` ends the run after that epoch's checkpoint without
+    publishing, as a preempted job would (tests resume from there).
+    """
+    t, m, run_dir = cfg.train, cfg.model, cfg.run_dir
+    device = _device(t.device)
+    ddp = _init_distributed(device)
+    inputs = _inputs(run_dir)
+    params = {"model": OmegaConf.to_container(m, resolve=True),
+              "train": {k: v for k, v in OmegaConf.to_container(t, resolve=True).items()
+                        if k not in ("resume", "prefetch", "num_workers", "device")},
+              "seed": int(cfg.seed), "world_size": ddp.world}
+    fp = versioned.fingerprint({"code": pipeline.__version__, "inputs": inputs, "params": params})
+    existing = versioned.find_matching(run_dir, STAGE, fp)
+    if existing and not cfg.force and stop_after_epoch is None:
+        log.info("model/%s already trained from these inputs and config; reusing it", existing)
+        manifest = versioned.read_manifest(run_dir, STAGE, existing)
+        return TrainResult(existing, manifest.get("history", []), reused=True)
+
+    seed_everything(int(cfg.seed))
+    store = _feature_store(run_dir, inputs["graph"])
+    batches_dir = versioned.resolve(run_dir, "batches", inputs["batches"])
+    b_manifest = versioned.read_manifest(run_dir, "batches", inputs["batches"])
+    if b_manifest["counts"]["num_layers"] != m.num_layers:
+        raise PipelineError(f"minibatches were sampled for {b_manifest['counts']['num_layers']} layers "
+                            f"but model.num_layers={m.num_layers}; re-run jobs/sample.py with "
+                            f"model.num_layers={m.num_layers}")
+    T = int(versioned.read_manifest(run_dir, "neighbors", inputs["neighbors"])["config"]["num_neighbors"])
+    files = list_batch_files(batches_dir, "train", ddp.rank, ddp.world)
+    if not files:
+        raise PipelineError(f"no training minibatch files for rank {ddp.rank} of {ddp.world} "
+                            f"in {batches_dir}/train")
+    loader = BatchLoader(files, store, T, prefetch=t.prefetch, num_workers=t.num_workers,
+                         pin_memory=device.type == "cuda", seed=int(cfg.seed))
+    steps_per_epoch = len(loader)
+    if ddp.world > 1:
+        # Every rank must take the same number of steps or DDP's all-reduce hangs.
+        n = torch.tensor([steps_per_epoch])
+        dist.all_reduce(n, op=dist.ReduceOp.MIN)
+        steps_per_epoch = int(n.item())
+
+    model = build_model(m, store.dim, store.num_items).to(device)
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = _schedule(optimizer, t.schedule, t.epochs * steps_per_epoch)
+    ckpt_dir = Path(run_dir) / "_checkpoints" / fp[:16]
+    start_epoch, skip, step, history = 1, 0, 0, []
+    if t.resume:
+        state = checkpoint.load_latest(ckpt_dir)
+        if state is None:
+            log.warning("train.resume=true but no checkpoint in %s; starting from scratch", ckpt_dir)
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch, skip, step = state["epoch"], state["batch_in_epoch"], state["step"]
+            history = state["history"]
+            log.info("resumed from step %d (epoch %d, minibatch %d)", step, start_epoch, skip)
+
+    val = (validation.Validator(run_dir, inputs, store, T, device, k=t.val_k, margin=t.margin)
+           if ddp.main else None)
+    writer = _tensorboard(run_dir, fp) if ddp.main else None
+    if val is not None and writer is not None and step == 0:
+        writer.add_scalar(f"val/popularity_hit_rate@{t.val_k}", val.popularity_hit_rate, 0)
+
+    def save(epoch: int, batch_in_epoch: int) -> None:
+        if ddp.main:
+            checkpoint.save(ckpt_dir, step, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch, "step": step, "history": history})
+
+    try:
+        for epoch in range(start_epoch, t.epochs + 1):
+            n_hard = curriculum(epoch, t.max_hard_negatives)
+            loader.set_epoch(epoch)
+            net.train()
+            sums = {"loss": 0.0, "easy": 0.0, "hard": 0.0, "n": 0, "n_hard": 0, "queries": 0}
+            t0 = time.perf_counter()
+            bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch}/{t.epochs}",
+                       disable=True if not ddp.main else None, leave=False)
+            with loader:
+                for i, mb in enumerate(loader):
+                    if i >= steps_per_epoch:
+                        break
+                    if i < skip:
+                        continue
+                    mb = mb.to(device, non_blocking=True)
+                    loss, l_easy, l_hard = batch_loss(net, mb, margin=t.margin,
+                                                      easy=t.easy_negatives, hard=n_hard,
+                                                      seed=int(cfg.seed), epoch=epoch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    sums["loss"] += loss.item()
+                    sums["easy"] += l_easy.item()
+                    sums["n"] += 1
+                    sums["queries"] += len(mb.query)
+                    if l_hard is not None:
+                        sums["hard"] += l_hard.item()
+                        sums["n_hard"] += 1
+                    if writer is not None:
+                        writer.add_scalar("train/loss", loss.item(), step)
+                        writer.add_scalar("train/loss_easy", l_easy.item(), step)
+                        if l_hard is not None:
+                            writer.add_scalar("train/loss_hard", l_hard.item(), step)
+                        writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                    if t.checkpoint_every and step % t.checkpoint_every == 0:
+                        save(epoch, i + 1)
+            bar.close()
+            seconds = time.perf_counter() - t0
+            queries = sums["queries"]
+            record = {"epoch": epoch, "steps": step, "hard_negatives": n_hard,
+                      "loss": sums["loss"] / max(1, sums["n"]),
+                      "loss_easy": sums["easy"] / max(1, sums["n"]),
+                      "loss_hard": sums["hard"] / sums["n_hard"] if sums["n_hard"] else None,
+                      "queries_per_second": queries / seconds if seconds else 0.0,
+                      "loader_wait_seconds": loader.wait_seconds, "seconds": seconds}
+            skip = 0
+            if val is not None:
+                net.eval()
+                record.update(val.evaluate(model))
+                _log_epoch(writer, record, step, t.val_k)
+                log.info("epoch %d: loss %.4f (easy %.4f, hard %s), val hit-rate@%d %.4f "
+                         "(popularity %.4f), %.0f queries/s, loader wait %.1fs", epoch,
+                         record["loss"], record["loss_easy"],
+                         f"{record['loss_hard']:.4f}" if record["loss_hard"] is not None else "-",
+                         t.val_k, record[f"val_hit_rate@{t.val_k}"], val.popularity_hit_rate,
+                         record["queries_per_second"], record["loader_wait_seconds"])
+            history.append(record)
+            save(epoch + 1, 0)
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                return TrainResult(None, history)
+        if not ddp.main:
+            return TrainResult(None, history)
+        with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs,
+                               keep=cfg.keep_versions) as out:
+            torch.save(model.state_dict(), out.path / "model.pt")
+            out.manifest.update({
+                "counts": {"epochs": t.epochs, "steps": step, "parameters":
+                           sum(p.numel() for p in model.parameters())},
+                "history": history,
+                "model": {"feature_dim": store.dim, "num_items": store.num_items,
+                          "num_neighbors": T, **params["model"]},
+            })
+        return TrainResult(out.version, history)
+    finally:
+        if writer is not None:
+            writer.close()
+        if ddp.world > 1 and dist.is_initialized():
+            dist.barrier()
+
+
+def _tensorboard(run_dir: str, fp: str):
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(Path(run_dir) / "_tensorboard" / fp[:16]))
+
+
+def _log_epoch(writer, record: dict, step: int, k: int) -> None:
+    if writer is None:
+        return
+    writer.add_scalar(f"val/hit_rate@{k}", record[f"val_hit_rate@{k}"], step)
+    writer.add_scalar("val/loss", record["val_loss"], step)
+    writer.add_scalar("perf/queries_per_second", record["queries_per_second"], step)
+    writer.add_scalar("perf/loader_wait_seconds", record["loader_wait_seconds"], step)
+
+
+def load_model(run_dir: str, version: str | None = None, device: str = "cpu"):
+    """The published model and its manifest, ready for inference."""
+    from types import SimpleNamespace
+    manifest = versioned.read_manifest(run_dir, STAGE, version)
+    spec = manifest["model"]
+    model = build_model(SimpleNamespace(**spec), spec["feature_dim"], spec["num_items"])
+    state = torch.load(versioned.resolve(run_dir, STAGE, version) / "model.pt",
+                       map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    return model.eval(), manifest

@@ -1,0 +1,99 @@
+"""Validation during training: hit-rate on the split's validation pairs, and loss.
+
+Hit-rate@k: for each held-out validation pair, is the target among the k
+items whose full-graph embeddings have the highest inner product with the
+query's (the query itself excluded)? The popularity baseline (the k most
+interacted items) is computed once on the same pairs for comparison.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import torch
+
+from pipeline.io import versioned
+from pipeline.train.features import FeatureStore
+from pipeline.train.loader import BatchLoader, list_batch_files
+
+QUERY_CHUNK = 1024
+
+
+def dense_neighbors(neighbors_dir, n_items: int, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, weights)`` as ``n_items x T`` arrays, padding -1 / 0."""
+    table = ds.dataset(str(neighbors_dir), format="parquet").to_table()
+    ids = np.full((n_items, T), -1, dtype=np.int64)
+    w = np.zeros((n_items, T), dtype=np.float32)
+    node = table.column("node").to_numpy()
+    nb = table.column("neighbors").combine_chunks()
+    wt = table.column("weights").combine_chunks()
+    lengths = np.diff(nb.offsets.to_numpy())
+    rows = np.repeat(node, lengths)
+    cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    ids[rows, cols] = nb.flatten().to_numpy()
+    w[rows, cols] = wt.flatten().to_numpy()
+    return ids, w
+
+
+def hit_rate(embeddings: torch.Tensor, queries: torch.Tensor, targets: torch.Tensor, k: int) -> float:
+    """Share of queries whose target is among the k best inner products, the query excluded."""
+    hits = 0
+    for lo in range(0, len(queries), QUERY_CHUNK):
+        q, tgt = queries[lo:lo + QUERY_CHUNK], targets[lo:lo + QUERY_CHUNK]
+        s = embeddings[q] @ embeddings.T
+        s[torch.arange(len(q)), q] = -torch.inf
+        top = s.topk(min(k, s.shape[1] - 1), dim=1).indices
+        hits += int((top == tgt[:, None]).any(dim=1).sum())
+    return hits / max(1, len(queries))
+
+
+def popularity_hit_rate(degree: np.ndarray, queries: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Hit-rate of recommending the k most interacted items (the query excluded)."""
+    ranked = np.argsort(-degree, kind="stable")[:k + 1]
+    hits = 0
+    for q, t in zip(queries, targets):
+        hits += t in ranked[ranked != q][:k]
+    return hits / max(1, len(queries))
+
+
+class Validator:
+    def __init__(self, run_dir: str, inputs: dict, store: FeatureStore, num_neighbors: int,
+                 device: torch.device, k: int = 10, margin: float = 0.1):
+        self.k, self.device, self.margin = k, device, margin
+        n = store.num_items
+        nb_dir = versioned.resolve(run_dir, "neighbors", inputs["neighbors"]) / "neighbors"
+        ids, w = dense_neighbors(nb_dir, n, num_neighbors)
+        self.nbr = torch.from_numpy(ids).to(device)
+        self.nbr_w = torch.from_numpy(w).to(device)
+        self.node_ids = torch.arange(n, device=device)
+        self.features = torch.from_numpy(np.asarray(store.gather(np.arange(n)))).to(device)
+        split_dir = versioned.resolve(run_dir, "split", inputs["split"])
+        held = ds.dataset(str(split_dir / "holdout"), format="parquet").to_table(
+            filter=pc.field("kind") == "validation", columns=["query", "target"])
+        self.queries = torch.from_numpy(held.column("query").to_numpy().astype(np.int64))
+        self.targets = torch.from_numpy(held.column("target").to_numpy().astype(np.int64))
+        edges = ds.dataset(str(split_dir / "train_edges"), format="parquet").to_table(
+            columns=["src", "dst"])
+        endpoints = np.concatenate([edges.column("dst").to_numpy(), edges.column("src").to_numpy()])
+        degree = np.bincount(endpoints[endpoints < n], minlength=n).astype(np.float32)
+        self.popularity_hit_rate = popularity_hit_rate(degree, self.queries.numpy(),
+                                                       self.targets.numpy(), k)
+        batches_dir = versioned.resolve(run_dir, "batches", inputs["batches"])
+        files = list_batch_files(batches_dir, "validation")
+        self.val_loader = BatchLoader(files, store, num_neighbors, prefetch=0, shuffle=False) \
+            if files else None
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict:
+        from pipeline.model import max_margin_loss
+        z = model.full_graph_embed(self.node_ids, self.features, self.nbr, self.nbr_w).cpu()
+        out = {f"val_hit_rate@{self.k}": hit_rate(z, self.queries, self.targets, self.k)}
+        losses = []
+        if self.val_loader is not None:
+            for mb in self.val_loader:
+                mb = mb.to(self.device)
+                zb = model(mb.nodes, mb.features, mb.nbr_idx, mb.nbr_weight)
+                losses.append(max_margin_loss(zb[mb.query], zb[mb.positive], zb[mb.easy],
+                                              self.margin).item())
+        out["val_loss"] = float(np.mean(losses)) if losses else None
+        return out
