@@ -3,7 +3,7 @@
     python jobs/pipeline.py                      # MovieLens-100K end to end
     python jobs/pipeline.py data=edges data.path=... run_dir=runs/mine
 
-Stages so far: ingest, sample. Training, inference and evaluation join as they
+Stages so far: ingest, sample, train. Inference and evaluation join as they
 are built.
 """
 import _paths  # noqa: F401  (must come first)
@@ -13,6 +13,7 @@ from pipeline import cli
 from pipeline.config import Config  # noqa: F401  (registers the schema)
 from pipeline.ingest import run_ingest
 from pipeline.sampling import run_sample
+from pipeline.train.trainer import run_train
 
 
 def _status(version: str, reused: bool) -> str:
@@ -47,6 +48,18 @@ def main(cfg) -> None:
     print(f"         batches/{_status(v['batches'], 'batches' in sample.reused)}")
     print(f"  {k['batches']['train_batches']} training and {k['batches']['validation_batches']} "
           f"validation minibatches of {cfg.sample.batch_size}, {k['batches']['num_layers']} layers")
+
+    train = run_train(cfg)
+    kv = cfg.train.val_k
+    print(f"\ntrain    model/{_status(train.version, train.reused)}")
+    for r in train.history:
+        hard = f"{r['loss_hard']:.4f}" if r["loss_hard"] is not None else "  -   "
+        print(f"  epoch {r['epoch']}: loss {r['loss']:.4f} (easy {r['loss_easy']:.4f}, hard {hard}, "
+              f"{r['hard_negatives']} hard/query), val hit-rate@{kv} {r[f'val_hit_rate@{kv}']:.4f}, "
+              f"{r['queries_per_second']:,.0f} queries/s")
+    if train.history:
+        print(f"  popularity baseline: val hit-rate@{kv} "
+              f"{train.history[-1][f'val_popularity_hit_rate@{kv}']:.4f}")
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
     with st.publish("neighbors", fp, inputs, {**walk_params, "mode": s.mode}) as out:
         # Two tables come from one walk: write it once, then split the columns
         # (a Parquet column read is far cheaper than walking twice or caching).
-        walked_dir = str(out.path / "_walked")
+        walked_dir = str(out.path / "walked")
         _write(ranked, walked_dir, "node", ROWS_PER_FILE, n_items)
         walked = spark.read.parquet(walked_dir)
         log.info("walked %d items in %.1fs", n_items, time.perf_counter() - t0)

@@ -87,7 +87,8 @@ class Validator:
     def evaluate(self, model) -> dict:
         from pipeline.model import max_margin_loss
         z = model.full_graph_embed(self.node_ids, self.features, self.nbr, self.nbr_w).cpu()
-        out = {f"val_hit_rate@{self.k}": hit_rate(z, self.queries, self.targets, self.k)}
+        out = {f"val_hit_rate@{self.k}": hit_rate(z, self.queries, self.targets, self.k),
+               f"val_popularity_hit_rate@{self.k}": self.popularity_hit_rate}
         losses = []
         if self.val_loader is not None:
             for mb in self.val_loader:
