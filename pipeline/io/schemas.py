@@ -5,10 +5,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql.types import (ArrayType, FloatType, IntegerType, LongType, StringType,
                                StructField, StructType)
 
-# Node types. In a bipartite graph users/boards and items are separate id
-# namespaces; only items get embeddings.
-ITEM = "item"
-USER = "user"
+from pipeline.io.kinds import ITEM, USER  # noqa: F401  (re-exported for Spark code)
 
 NODES = StructType([
     StructField("node", LongType(), False),

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from pipeline.io import schemas
+from pipeline.io.kinds import ITEM
 
 
 class FeatureStore:
@@ -68,7 +68,7 @@ def build_feature_store(nodes_parquet_dir: str | os.PathLike,
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     dataset = ds.dataset(str(nodes_parquet_dir), format="parquet")
-    is_item = ds.field("type") == schemas.ITEM
+    is_item = ds.field("type") == ITEM
     n_items = dataset.count_rows(filter=is_item)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     try:
