@@ -25,6 +25,7 @@ import pipeline
 from pipeline.errors import PipelineError
 from pipeline.ingest import read_graph
 from pipeline.io import schemas, versioned
+from pipeline.io.arrays import dense_neighbors
 from pipeline.sampling import batches as batching
 from pipeline.sampling import join_mode, memory_mode, pairs as pairing, split as splitting
 from pipeline.sampling.walks import hard_window
@@ -237,7 +238,7 @@ def run_sample(spark: SparkSession, cfg) -> SampleResult:
     inputs = {"pairs": result.versions["pairs"], "neighbors": result.versions["neighbors"]}
     fp = st.fingerprint("batches", inputs, batch_params)
     if not st.reuse("batches", fp):
-        nbr, w = batching.dense_neighbors(neighbors, n_items, s.num_neighbors)
+        nbr, w = dense_neighbors(neighbors.toArrow(), n_items, s.num_neighbors)
         specs = batching.assign(spark.read.parquet(str(pairs_dir / "pairs")),
                                 spark.read.parquet(str(pairs_dir / "hard_negatives")),
                                 seed=seed, batch_size=s.batch_size, val_fraction=s.val_fraction)

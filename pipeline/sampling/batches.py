@@ -9,28 +9,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline.io import schemas
-from pipeline.sampling import arrow
-from pipeline.sampling.split import _unit_hash
+from pipeline.sampling.split import unit_hash
 from pipeline.spark import index_rows
 
 SPLITS = ("train", "validation")
-
-
-def dense_neighbors(neighbors: DataFrame, n_items: int, num_neighbors: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, weights)``, both ``n_items x T``; padding is id -1 with weight 0."""
-    table = neighbors.toArrow()
-    ids = np.full((n_items, num_neighbors), -1, dtype=np.int64)
-    w = np.zeros((n_items, num_neighbors), dtype=np.float32)
-    node = arrow.column(table, "node")
-    nb = table.column("neighbors").combine_chunks()
-    wt = table.column("weights").combine_chunks()
-    lengths = np.diff(nb.offsets.to_numpy())
-    rows = np.repeat(node, lengths)
-    cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    ids[rows, cols] = nb.flatten().to_numpy()
-    w[rows, cols] = wt.flatten().to_numpy()
-    return ids, w
 
 
 def assign(pairs: DataFrame, hard: DataFrame, *, seed: int, batch_size: int,
@@ -38,7 +20,7 @@ def assign(pairs: DataFrame, hard: DataFrame, *, seed: int, batch_size: int,
     """Per split, one row per minibatch: its pairs in shuffled order with their candidates."""
     p = (pairs.join(hard, "query", "left")
          .withColumn("candidates", F.coalesce("candidates", F.array().cast("array<long>")))
-         .withColumn("_val", _unit_hash(seed + 2, "query", "positive") < val_fraction)
+         .withColumn("_val", unit_hash(seed + 2, "query", "positive") < val_fraction)
          .withColumn("_shuffle", F.xxhash64(F.lit(seed), "query", "positive")))
     out = {}
     for split in SPLITS:

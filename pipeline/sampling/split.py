@@ -19,7 +19,7 @@ from pipeline.io import schemas
 PROTOCOLS = ("leave_last_out", "random_edges")
 
 
-def _unit_hash(seed: int, *cols: str) -> F.Column:
+def unit_hash(seed: int, *cols: str) -> F.Column:
     """Deterministic uniform in [0, 1) from column values; independent of partitioning."""
     h = F.xxhash64(F.lit(seed), *[F.col(c) for c in cols])
     return F.pmod(h, F.lit(1 << 30)).cast("double") / float(1 << 30)
@@ -64,7 +64,7 @@ def _leave_last_out(edges: DataFrame, bipartite: bool) -> tuple[DataFrame, DataF
 
 def _random_edges(edges: DataFrame, bipartite: bool, seed: int, fraction: float
                   ) -> tuple[DataFrame, DataFrame]:
-    u = _unit_hash(seed, "src", "dst")
+    u = unit_hash(seed, "src", "dst")
     tagged = edges.withColumn("_u", u).withColumn("_out", F.col("_u") < fraction)
     if bipartite:
         # A user must keep one training item to serve as the query.
@@ -75,7 +75,7 @@ def _random_edges(edges: DataFrame, bipartite: bool, seed: int, fraction: float
     held = tagged.where(F.col("_out"))
     kind = F.when(F.col("_u") < fraction / 2, "validation").otherwise("test")
     if bipartite:
-        pick = (train.withColumn("_h", _unit_hash(seed + 1, "src", "dst"))
+        pick = (train.withColumn("_h", unit_hash(seed + 1, "src", "dst"))
                 .withColumn("_r", F.row_number().over(
                     Window.partitionBy("src").orderBy("_h", "dst")))
                 .where(F.col("_r") == 1).select("src", F.col("dst").alias("query")))

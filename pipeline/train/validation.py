@@ -13,26 +13,11 @@ import pyarrow.dataset as ds
 import torch
 
 from pipeline.io import versioned
+from pipeline.io.arrays import dense_neighbors
 from pipeline.train.features import FeatureStore
 from pipeline.train.loader import BatchLoader, list_batch_files
 
 QUERY_CHUNK = 1024
-
-
-def dense_neighbors(neighbors_dir, n_items: int, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, weights)`` as ``n_items x T`` arrays, padding -1 / 0."""
-    table = ds.dataset(str(neighbors_dir), format="parquet").to_table()
-    ids = np.full((n_items, T), -1, dtype=np.int64)
-    w = np.zeros((n_items, T), dtype=np.float32)
-    node = table.column("node").to_numpy()
-    nb = table.column("neighbors").combine_chunks()
-    wt = table.column("weights").combine_chunks()
-    lengths = np.diff(nb.offsets.to_numpy())
-    rows = np.repeat(node, lengths)
-    cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    ids[rows, cols] = nb.flatten().to_numpy()
-    w[rows, cols] = wt.flatten().to_numpy()
-    return ids, w
 
 
 def hit_rate(embeddings: torch.Tensor, queries: torch.Tensor, targets: torch.Tensor, k: int) -> float:
@@ -62,7 +47,8 @@ class Validator:
         self.k, self.device, self.margin = k, device, margin
         n = store.num_items
         nb_dir = versioned.resolve(run_dir, "neighbors", inputs["neighbors"]) / "neighbors"
-        ids, w = dense_neighbors(nb_dir, n, num_neighbors)
+        ids, w = dense_neighbors(ds.dataset(str(nb_dir), format="parquet").to_table(), n,
+                                 num_neighbors)
         self.nbr = torch.from_numpy(ids).to(device)
         self.nbr_w = torch.from_numpy(w).to(device)
         self.node_ids = torch.arange(n, device=device)
