@@ -75,6 +75,14 @@ BATCHES = StructType([
 ])
 
 
+# Final item embeddings (stage `embeddings`), L2-normalised; `id` is the
+# source's id of the node (ingest's `nodes.id`).
+EMBEDDINGS = StructType([
+    StructField("node", LongType(), False),
+    StructField("id", StringType(), False),
+    StructField("embedding", ArrayType(FloatType(), False), False),
+])
+
 def conform(df: DataFrame, schema: StructType, name: str) -> DataFrame:
     """Select ``schema``'s columns in order, failing if a name or type differs.
 
