@@ -102,6 +102,27 @@ class EvalConfig:
     protocol: str = "leave_last_out"
     holdout_fraction: float = 0.1    # random_edges: edges held out (half validation, half test)
     ks: List[int] = field(default_factory=lambda: [10, 50, 100])
+    kind: str = "test"               # held-out rows scored: test | validation (for tuning)
+    max_queries: int = 0             # > 0: a seeded sample of that many held-out pairs
+    bootstrap: int = 1000            # resamples of the queries for the 95% CIs
+    baselines: List[str] = field(default_factory=lambda: [
+        "popularity", "random_walk", "item_knn", "als", "features_only"])
+    rw_walks: int = 2000             # random_walk: walks from each query (Pixie-style)
+    rw_walk_length: int = 3
+    rw_restart_prob: float = 0.5
+    als_factors: int = 64
+    als_iterations: int = 15
+    als_regularization: float = 0.01
+    compare_aggregators: bool = False  # train one extra model per other aggregator
+    aggregators: List[str] = field(default_factory=lambda: [
+        "importance", "mean", "max", "gatv2", "gated"])
+    index: str = "hnsw"              # serving index: hnsw | ivf
+    index_m: int = 32                # hnsw: links per node
+    index_ef_construction: int = 200
+    index_ef_search: int = 128
+    index_nlist: int = 0             # ivf: cells; 0 = about 4 sqrt(items)
+    index_nprobe: int = 16           # ivf: cells searched per query
+    map_items: int = 3000            # items drawn for the t-SNE map
 
 
 @dataclass

@@ -83,6 +83,14 @@ EMBEDDINGS = StructType([
     StructField("embedding", ArrayType(FloatType(), False), False),
 ])
 
+# Rows of the approximate nearest-neighbour index (stage `index`): row i of
+# `index.faiss` is item `node` with the source's `id`.
+INDEX_ITEMS = StructType([
+    StructField("node", LongType(), False),
+    StructField("id", StringType(), False),
+])
+
+
 def conform(df: DataFrame, schema: StructType, name: str) -> DataFrame:
     """Select ``schema``'s columns in order, failing if a name or type differs.
 

@@ -8,10 +8,11 @@ interacted items) is computed once on the same pairs for comparison.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import torch
 
+from pipeline.evaluate.data import item_degree, read_holdout, read_train_edges
+from pipeline.evaluate.metrics import drop_query, summarize, target_ranks
 from pipeline.io import versioned
 from pipeline.io.arrays import dense_neighbors
 from pipeline.train.features import FeatureStore
@@ -33,12 +34,13 @@ def hit_rate(embeddings: torch.Tensor, queries: torch.Tensor, targets: torch.Ten
 
 
 def popularity_hit_rate(degree: np.ndarray, queries: np.ndarray, targets: np.ndarray, k: int) -> float:
-    """Hit-rate of recommending the k most interacted items (the query excluded)."""
+    """Hit-rate of recommending the k most interacted items (the query excluded).
+
+    Scored exactly as the evaluation's ``popularity`` baseline.
+    """
     ranked = np.argsort(-degree, kind="stable")[:k + 1]
-    hits = 0
-    for q, t in zip(queries, targets):
-        hits += t in ranked[ranked != q][:k]
-    return hits / max(1, len(queries))
+    top = drop_query(np.broadcast_to(ranked, (len(queries), len(ranked))), queries, k)
+    return summarize(target_ranks(top, targets), [k])[f"hit_rate@{k}"] if len(queries) else 0.0
 
 
 class Validator:
@@ -53,17 +55,10 @@ class Validator:
         self.nbr_w = torch.from_numpy(w).to(device)
         self.node_ids = torch.arange(n, device=device)
         self.features = torch.from_numpy(np.asarray(store.gather(np.arange(n)))).to(device)
-        split_dir = versioned.resolve(run_dir, "split", inputs["split"])
-        held = ds.dataset(str(split_dir / "holdout"), format="parquet").to_table(
-            filter=pc.field("kind") == "validation", columns=["query", "target"])
-        self.queries = torch.from_numpy(held.column("query").to_numpy().astype(np.int64))
-        self.targets = torch.from_numpy(held.column("target").to_numpy().astype(np.int64))
-        edges = ds.dataset(str(split_dir / "train_edges"), format="parquet").to_table(
-            columns=["src", "dst"])
-        endpoints = np.concatenate([edges.column("dst").to_numpy(), edges.column("src").to_numpy()])
-        degree = np.bincount(endpoints[endpoints < n], minlength=n).astype(np.float32)
-        self.popularity_hit_rate = popularity_hit_rate(degree, self.queries.numpy(),
-                                                       self.targets.numpy(), k)
+        queries, targets = read_holdout(run_dir, inputs["split"], "validation")
+        self.queries, self.targets = torch.from_numpy(queries), torch.from_numpy(targets)
+        src, dst, _ = read_train_edges(run_dir, inputs["split"])
+        self.popularity_hit_rate = popularity_hit_rate(item_degree(src, dst, n), queries, targets, k)
         batches_dir = versioned.resolve(run_dir, "batches", inputs["batches"])
         files = list_batch_files(batches_dir, "validation")
         self.val_loader = BatchLoader(files, store, num_neighbors, prefetch=0, shuffle=False) \

@@ -1,0 +1,128 @@
+"""What evaluation reads: the held-out pairs and the TRAINING graph of one split.
+
+Spark-free (pyarrow + NumPy/SciPy), so validation during training, the
+evaluation job and a notebook all read the split the same way. Baselines are
+built from ``train_edges`` only: the held-out interactions never reach them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import scipy.sparse as sp
+
+from pipeline.errors import PipelineError
+from pipeline.io import versioned
+from pipeline.io.kinds import ITEM
+from pipeline.train.features import FeatureStore, build_feature_store
+
+KINDS = ("validation", "test")
+
+
+def read_holdout(run_dir: str, split_version: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(queries, targets)`` of the split's held-out rows of one kind, as int64 item ids."""
+    if kind not in KINDS:
+        raise PipelineError(f"eval.kind must be one of {', '.join(KINDS)}, got '{kind}'")
+    path = versioned.resolve(run_dir, "split", split_version) / "holdout"
+    held = ds.dataset(str(path), format="parquet").to_table(
+        filter=pc.field("kind") == kind, columns=["user", "query", "target"])
+    # A fixed order (by user, then target) so results do not depend on file layout.
+    order = np.lexsort((held.column("target").to_numpy(), held.column("user").to_numpy()))
+    return (held.column("query").to_numpy()[order].astype(np.int64),
+            held.column("target").to_numpy()[order].astype(np.int64))
+
+
+def read_train_edges(run_dir: str, split_version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(src, dst, weight)`` of the split's training edges."""
+    path = versioned.resolve(run_dir, "split", split_version) / "train_edges"
+    t = ds.dataset(str(path), format="parquet").to_table(columns=["src", "dst", "weight"])
+    return (t.column("src").to_numpy().astype(np.int64), t.column("dst").to_numpy().astype(np.int64),
+            t.column("weight").to_numpy().astype(np.float32))
+
+
+def item_degree(src: np.ndarray, dst: np.ndarray, n_items: int) -> np.ndarray:
+    """Interactions per item in the given edges (both ends count on item-item graphs)."""
+    ends = np.concatenate([dst, src])
+    return np.bincount(ends[ends < n_items], minlength=n_items).astype(np.float64)
+
+
+def feature_store(run_dir: str, graph_version: str) -> FeatureStore:
+    """The items' features, memory-mapped; the same cache file the trainer builds."""
+    path = Path(run_dir) / "_cache" / f"features-{graph_version}.npy"
+    if not path.exists():
+        build_feature_store(versioned.resolve(run_dir, "graph", graph_version) / "nodes", path)
+    return FeatureStore.open(path)
+
+
+@dataclass
+class EvalData:
+    """One split of one graph, as evaluation needs it."""
+
+    run_dir: str
+    graph_version: str
+    split_version: str
+    n_items: int
+    n_nodes: int
+    bipartite: bool
+    feature_names: list[str]
+    queries: np.ndarray      # held-out queries (item ids)
+    targets: np.ndarray      # the items that should be retrieved for them
+    src: np.ndarray          # training edges only
+    dst: np.ndarray
+    weight: np.ndarray
+
+    @cached_property
+    def degree(self) -> np.ndarray:
+        return item_degree(self.src, self.dst, self.n_items)
+
+    @cached_property
+    def item_context(self) -> sp.csr_matrix:
+        """Items x contexts interaction matrix of the training graph.
+
+        Contexts are users on a bipartite graph, the other end of each edge on
+        an item-item graph (edges count both ways). Duplicates are summed.
+        """
+        if self.bipartite:
+            rows, cols, w = self.dst, self.src - self.n_items, self.weight
+            shape = (self.n_items, self.n_nodes - self.n_items)
+        else:
+            rows = np.concatenate([self.src, self.dst])
+            cols = np.concatenate([self.dst, self.src])
+            w = np.concatenate([self.weight, self.weight])
+            shape = (self.n_items, self.n_items)
+        m = sp.csr_matrix((w.astype(np.float32), (rows, cols)), shape=shape)
+        m.sum_duplicates()
+        return m
+
+    def features(self) -> np.ndarray:
+        store = feature_store(self.run_dir, self.graph_version)
+        return store.gather(np.arange(store.num_items))
+
+
+def load(run_dir: str, kind: str = "test", split_version: str | None = None,
+         max_queries: int = 0, seed: int = 0) -> EvalData:
+    """The latest split (or ``split_version``) and the graph it was cut from.
+
+    ``max_queries`` > 0 keeps a seeded sample of that many held-out pairs.
+    """
+    split_version = split_version or versioned.latest_version(run_dir, "split")
+    if split_version is None:
+        raise PipelineError(f"evaluation needs the 'split' stage in {run_dir}; run jobs/sample.py first")
+    graph_version = versioned.read_manifest(run_dir, "split", split_version)["inputs"]["graph"]
+    g = versioned.read_manifest(run_dir, "graph", graph_version)
+    queries, targets = read_holdout(run_dir, split_version, kind)
+    if len(queries) == 0:
+        raise PipelineError(f"split/{split_version} holds no '{kind}' interactions to evaluate on")
+    if 0 < max_queries < len(queries):
+        keep = np.sort(np.random.default_rng(seed).choice(len(queries), max_queries, replace=False))
+        queries, targets = queries[keep], targets[keep]
+    src, dst, weight = read_train_edges(run_dir, split_version)
+    return EvalData(run_dir=run_dir, graph_version=graph_version, split_version=split_version,
+                    n_items=int(g["counts"]["nodes"].get(ITEM, 0)),
+                    n_nodes=int(g["counts"]["nodes_out"]), bipartite=bool(g["bipartite"]),
+                    feature_names=list(g.get("feature_names") or []) if g["counts"].get("feature_dim")
+                    else [], queries=queries, targets=targets, src=src, dst=dst, weight=weight)

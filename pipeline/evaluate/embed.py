@@ -1,0 +1,31 @@
+"""Item embeddings of a trained model computed in memory (``full_graph_embed``).
+
+The ``pinsage`` row of the evaluation reads the published ``embeddings``
+stage; the extra aggregators of ``eval.compare_aggregators`` are trained only
+for the comparison and embedded here, with the same features and
+neighbourhoods their model was trained on.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.dataset as ds
+import torch
+
+from pipeline.evaluate.data import feature_store
+from pipeline.io import versioned
+from pipeline.io.arrays import dense_neighbors
+
+
+@torch.no_grad()
+def embed_items(run_dir: str, model_version: str | None = None) -> np.ndarray:
+    """``(n_items, d)`` L2-normalised embeddings of every item by a published model."""
+    from pipeline.train.trainer import load_model
+    model, manifest = load_model(run_dir, model_version)
+    inputs = manifest["inputs"]
+    store = feature_store(run_dir, inputs["graph"])
+    n, T = store.num_items, int(manifest["model"]["num_neighbors"])
+    nb_dir = versioned.resolve(run_dir, "neighbors", inputs["neighbors"]) / "neighbors"
+    ids, w = dense_neighbors(ds.dataset(str(nb_dir), format="parquet").to_table(), n, T)
+    z = model.full_graph_embed(torch.arange(n), torch.from_numpy(store.gather(np.arange(n))),
+                               torch.from_numpy(ids), torch.from_numpy(w))
+    return z.numpy().astype(np.float32)

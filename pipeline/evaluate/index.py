@@ -1,0 +1,189 @@
+"""Nearest-neighbour search with faiss: exact for evaluation, approximate for serving.
+
+Embeddings are L2-normalised, so the inner product is the cosine. Evaluation
+ranks with an exact ``IndexFlatIP`` (no approximation error in the metrics);
+the ``index`` stage publishes an approximate index (HNSW or IVF) for serving,
+with its recall@K against the exact one in the manifest.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import pipeline
+from pipeline.errors import PipelineError
+from pipeline.evaluate.metrics import drop_query
+from pipeline.io import versioned
+from pipeline.io.embeddings import read_embeddings
+
+log = logging.getLogger(__name__)
+
+STAGE = "index"
+INDEX_FILE = "index.faiss"
+ITEMS_TABLE = "items"           # row of the index -> node, id (schemas.INDEX_ITEMS)
+INDEX_TYPES = ("hnsw", "ivf")
+SEARCH_CHUNK = 4096
+
+
+def exact_index(matrix: np.ndarray) -> faiss.Index:
+    index = faiss.IndexFlatIP(matrix.shape[1])
+    index.add(np.ascontiguousarray(matrix, dtype=np.float32))
+    return index
+
+
+def approximate_index(matrix: np.ndarray, kind: str, *, m: int = 32, ef_construction: int = 200,
+                      ef_search: int = 128, nlist: int = 0, nprobe: int = 16, seed: int = 0
+                      ) -> faiss.Index:
+    """HNSW (graph; no training) or IVF-Flat (k-means cells; ``nlist`` 0 = about 4 sqrt(N))."""
+    x = np.ascontiguousarray(matrix, dtype=np.float32)
+    n, d = x.shape
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        index.hnsw.efSearch = ef_search
+    elif kind == "ivf":
+        # faiss wants at least 39 training points per cell.
+        cells = max(1, min(nlist or int(4 * np.sqrt(n)), n // 39 or 1))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(x)
+        index.nprobe = min(nprobe, cells)
+    else:
+        raise PipelineError(f"eval.index must be one of {', '.join(INDEX_TYPES)}, got '{kind}'")
+    index.add(x)
+    return index
+
+
+def search(index: faiss.Index, matrix: np.ndarray, queries: np.ndarray, k: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` rows and scores for each query row, the query itself excluded.
+
+    Asks for ``k + 1`` and drops the query, so every row keeps ``k`` results
+    (``-1`` where the index has fewer).
+    """
+    k1 = min(k + 1, index.ntotal)
+    rows, scores = [], []
+    for lo in range(0, len(queries), SEARCH_CHUNK):
+        q = queries[lo:lo + SEARCH_CHUNK]
+        s, i = index.search(np.ascontiguousarray(matrix[q], dtype=np.float32), k1)
+        kept = drop_query(i, q, k)
+        # Scores follow their items: look each kept item's score up in its row.
+        pos = np.argmax(i[:, None, :] == kept[:, :, None], axis=2)
+        rows.append(kept)
+        scores.append(np.where(kept >= 0, np.take_along_axis(s, pos, axis=1), -np.inf))
+    if not rows:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return np.concatenate(rows), np.concatenate(scores).astype(np.float32)
+
+
+def recall(approx: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean share of the exact top-k found in the approximate top-k."""
+    a, e = approx[:, :k], exact[:, :k]
+    found = (a[:, :, None] == e[:, None, :]) & (e[:, None, :] >= 0)
+    denom = np.maximum((e >= 0).sum(axis=1), 1)
+    return float((found.any(axis=1).sum(axis=1) / denom).mean()) if len(a) else float("nan")
+
+
+@dataclass
+class IndexResult:
+    version: str
+    reused: bool
+    manifest: dict
+
+
+def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray,
+                  *, keep: int = 3, force: bool = False, seed: int = 0) -> IndexResult:
+    """Build the approximate index over the published embeddings; publish stage ``index``.
+
+    Recall@K (K in ``ev.ks``) is measured against the exact index on
+    ``queries`` (row numbers of the embedding matrix, e.g. the test queries).
+    """
+    # Spark's schema types, imported only here: serving (similar_items) needs no PySpark.
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from pipeline.io import schemas
+    params = {"index": ev.index, "m": ev.index_m, "ef_construction": ev.index_ef_construction,
+              "ef_search": ev.index_ef_search, "nlist": ev.index_nlist, "nprobe": ev.index_nprobe,
+              "ks": list(ev.ks), "seed": seed}
+    inputs = {"embeddings": embeddings_version}
+    fp = versioned.fingerprint({"code": pipeline.__version__, "stage": STAGE, "inputs": inputs,
+                                "params": params})
+    found = versioned.find_matching(run_dir, STAGE, fp)
+    if found and not force:
+        return IndexResult(found, True, versioned.read_manifest(run_dir, STAGE, found))
+    emb = read_embeddings(run_dir, embeddings_version)
+    t0 = time.perf_counter()
+    index = approximate_index(emb.matrix, ev.index, m=ev.index_m,
+                              ef_construction=ev.index_ef_construction,
+                              ef_search=ev.index_ef_search, nlist=ev.index_nlist,
+                              nprobe=ev.index_nprobe, seed=seed)
+    build_s = time.perf_counter() - t0
+    kmax = max(ev.ks)
+    exact_top, _ = search(exact_index(emb.matrix), emb.matrix, queries, kmax)
+    t0 = time.perf_counter()
+    approx_top, _ = search(index, emb.matrix, queries, kmax)
+    search_s = time.perf_counter() - t0
+    quality = {f"recall@{k}": round(recall(approx_top, exact_top, k), 4) for k in ev.ks}
+    with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs, keep=keep) as out:
+        faiss.write_index(index, str(out.path / INDEX_FILE))
+        table = pa.table({"node": pa.array(emb.node, pa.int64()), "id": pa.array(emb.id, pa.string())},
+                         schema=to_arrow_schema(schemas.INDEX_ITEMS))
+        (out.path / ITEMS_TABLE).mkdir()
+        pq.write_table(table, out.path / ITEMS_TABLE / "part-0.parquet")
+        out.manifest.update({
+            "counts": {"items": int(emb.matrix.shape[0]), "dim": int(emb.matrix.shape[1]),
+                       "recall_queries": int(len(queries))},
+            "quality": quality,
+            "seconds": {"build": round(build_s, 3),
+                        "search_per_query_ms": round(1000 * search_s / max(1, len(queries)), 4)},
+            "schema": {ITEMS_TABLE: schemas.describe(schemas.INDEX_ITEMS)},
+        })
+    log.info("index/%s: %s over %d items, %s", out.version, ev.index, emb.matrix.shape[0], quality)
+    return IndexResult(out.version, False, versioned.read_manifest(run_dir, STAGE, out.version))
+
+
+@functools.lru_cache(maxsize=4)
+def _open(path: str) -> tuple[faiss.Index, np.ndarray, dict[str, int]]:
+    """A published index, its row ids and id -> row; cached (versions never change)."""
+    index = faiss.read_index(str(Path(path) / INDEX_FILE))
+    if isinstance(index, faiss.IndexIVF):
+        index.make_direct_map()  # lets reconstruct() find a row's vector
+    items = pq.read_table(Path(path) / ITEMS_TABLE)
+    ids = np.asarray(items.column("id").to_pylist(), dtype=object)
+    return index, ids, {v: i for i, v in enumerate(ids)}
+
+
+def similar_items(run_dir: str | os.PathLike, ids, k: int = 10, version: str | None = None
+                  ) -> tuple[list[list[str]], np.ndarray]:
+    """The ``k`` items most similar to each of ``ids`` (source ids) in a published index.
+
+    Returns ``(similar ids, scores)``: one list of source ids per query and an
+    ``(len(ids), k)`` float32 array of inner products, best first; the query
+    itself is never among its results.
+    """
+    if k < 1:
+        raise PipelineError(f"k must be >= 1, got {k}")
+    path = versioned.resolve(run_dir, STAGE, version)
+    index, row_ids, row_of = _open(str(path))
+    wanted = [str(i) for i in ids]
+    missing = [i for i in wanted if i not in row_of]
+    if missing:
+        raise PipelineError(f"{len(missing)} of {len(wanted)} ids are not items of index/{path.name}, "
+                            f"e.g. {missing[:5]}")
+    rows = np.asarray([row_of[i] for i in wanted], dtype=np.int64)
+    vectors = index.reconstruct_batch(rows) if len(rows) else np.zeros((0, index.d), np.float32)
+    k1 = min(k + 1, index.ntotal)
+    s, found = index.search(vectors, k1) if len(rows) else (np.zeros((0, k1)), np.zeros((0, k1), np.int64))
+    kept = drop_query(found, rows, k)
+    pos = np.argmax(found[:, None, :] == kept[:, :, None], axis=2)
+    scores = np.where(kept >= 0, np.take_along_axis(s, pos, axis=1), np.nan).astype(np.float32)
+    return [[row_ids[r] for r in row if r >= 0] for row in kept], scores

@@ -1,0 +1,137 @@
+"""The human side of an evaluation: a Markdown table and PNG plots.
+
+Plots (matplotlib, Agg backend, so no display is needed): training curves read
+back from the run's TensorBoard logs, hit-rate@K curves per method, and a 2-D
+t-SNE map of the item embeddings coloured by a categorical input feature.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+MAP_CATEGORIES = 10   # most frequent categories get their own colour; the rest are "other"
+TSNE_ITERATIONS = 500  # the map settles well before sklearn's default 1000 (half the time)
+
+
+def markdown_table(metrics: dict) -> str:
+    """Methods as rows; each cell ``value [95% CI]``."""
+    names = [f"hit_rate@{k}" for k in metrics["ks"]] + ["mrr"]
+    head = "| method | " + " | ".join(names) + " |"
+    rule = "|---|" + "---|" * len(names)
+    rows = []
+    for method, m in metrics["methods"].items():
+        cells = [f"{m[n]:.4f} [{m['ci95'][n][0]:.4f}, {m['ci95'][n][1]:.4f}]" for n in names]
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *rows])
+
+
+def training_curves(tb_dir: Path | None, out: Path) -> str | None:
+    """Loss and validation curves from a TensorBoard run directory; None when there is none."""
+    if tb_dir is None or not tb_dir.is_dir():
+        return "no TensorBoard logs for the evaluated model"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = acc.Tags().get("scalars", [])
+    if not tags:
+        return f"no scalars in {tb_dir}"
+    panels = [("loss", [t for t in tags if t.startswith("train/loss") or t == "val/loss"]),
+              ("validation hit-rate", [t for t in tags if t.startswith("val/") and "hit_rate" in t])]
+    panels = [(title, ts) for title, ts in panels if ts]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, ts) in zip(axes[0], panels):
+        for t in sorted(ts):
+            ev = acc.Scalars(t)
+            ax.plot([e.step for e in ev], [e.value for e in ev], label=t,
+                    marker="o" if len(ev) < 20 else None)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def hit_rate_curves(ranks: dict[str, np.ndarray], kmax: int, out: Path) -> None:
+    """Hit-rate@K for K = 1..kmax, one line per method."""
+    ks = np.arange(1, kmax + 1)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, r in ranks.items():
+        r = np.asarray(r)
+        counts = np.bincount(r[r > 0], minlength=kmax + 1)[1:kmax + 1]
+        ax.plot(ks, np.cumsum(counts) / max(1, len(r)), label=method,
+                linewidth=2.5 if method == "pinsage" else 1.2)
+    ax.set_xlabel("K")
+    ax.set_ylabel("hit-rate@K")
+    ax.set_title(f"hit-rate@K on {len(next(iter(ranks.values()), []))} held-out queries")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def categories(features: np.ndarray, names: list[str], degree: np.ndarray
+               ) -> tuple[np.ndarray, str]:
+    """A categorical label per item, and what it is.
+
+    From one-hot/multi-hot feature columns named ``<field>=<value>`` (MovieLens
+    genres) the item's least common value is taken (the most telling of its
+    genres; items with none get "none"). Without such columns: popularity
+    quartile of the training degree.
+    """
+    groups: dict[str, list[int]] = {}
+    for j, name in enumerate(names):
+        if "=" in name:
+            groups.setdefault(name.split("=", 1)[0], []).append(j)
+    if groups and features.shape[1]:
+        field, cols = max(groups.items(), key=lambda kv: len(kv[1]))
+        block = features[:, cols] > 0
+        freq = block.sum(axis=0)
+        rarity = np.where(block, freq[None, :], np.iinfo(np.int64).max)
+        pick = rarity.argmin(axis=1)
+        values = np.array([names[c].split("=", 1)[1] for c in cols], dtype=object)
+        return np.where(block.any(axis=1), values[pick], "none"), field
+    edges = np.quantile(degree, [0.25, 0.5, 0.75])
+    q = np.searchsorted(edges, degree, side="right")
+    return np.array([f"Q{i + 1}" for i in q], dtype=object), "popularity quartile"
+
+
+def embedding_map(matrix: np.ndarray, labels: np.ndarray, what: str, out: Path, *,
+                  max_points: int, seed: int) -> None:
+    """t-SNE of (a seeded sample of) the item embeddings, coloured by ``labels``."""
+    from sklearn.manifold import TSNE
+    n = len(matrix)
+    rows = np.arange(n)
+    if n > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+    xy = TSNE(n_components=2, init="pca", perplexity=min(30.0, max(2.0, (len(rows) - 1) / 3)),
+              metric="cosine", max_iter=TSNE_ITERATIONS, random_state=seed).fit_transform(matrix[rows])
+    lab = labels[rows]
+    values, counts = np.unique(lab, return_counts=True)
+    top = [v for _, v in sorted(zip(-counts, values))][:MAP_CATEGORIES]
+    lab = np.where(np.isin(lab, top), lab, "other")
+    fig, ax = plt.subplots(figsize=(8, 7))
+    cmap = plt.get_cmap("tab20")
+    order = top + (["other"] if (lab == "other").any() else [])
+    for i, v in enumerate(order):
+        sel = lab == v
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.7,
+                   color="lightgrey" if v == "other" else cmap(i % 20), label=f"{v} ({sel.sum()})")
+    ax.set_title(f"t-SNE of {len(rows)} item embeddings, coloured by {what}")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

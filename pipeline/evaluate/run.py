@@ -1,0 +1,252 @@
+"""The evaluation run: methods, metrics, CIs, and the published ``index`` and ``eval`` stages."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+import pipeline
+from pipeline.errors import PipelineError
+from pipeline.evaluate import baselines, data as eval_data, metrics as M, report
+from pipeline.evaluate.index import publish_index
+from pipeline.io import versioned
+from pipeline.io.embeddings import read_embeddings
+
+log = logging.getLogger(__name__)
+
+STAGE = "eval"
+BASELINES = ("popularity", "random_walk", "item_knn", "als", "features_only")
+OURS = "pinsage"
+
+
+@dataclass
+class EvalResult:
+    version: str
+    reused: bool
+    metrics: dict
+    table: str
+    index: dict = field(default_factory=dict)
+
+
+def _validate(ev) -> None:
+    from pipeline.model.layers import check_aggregator
+    if not ev.ks or min(ev.ks) < 1:
+        raise PipelineError(f"eval.ks must be positive integers, got {list(ev.ks)}")
+    unknown = sorted(set(ev.baselines) - set(BASELINES))
+    if unknown:
+        raise PipelineError(f"eval.baselines: unknown {unknown}; choose from {', '.join(BASELINES)}")
+    if ev.bootstrap < 1:
+        raise PipelineError(f"eval.bootstrap must be >= 1, got {ev.bootstrap}")
+    if ev.compare_aggregators:
+        for agg in ev.aggregators:
+            try:
+                check_aggregator(agg)
+            except ValueError as e:
+                raise PipelineError(f"eval.aggregators: {e}") from None
+
+
+def lineage(run_dir: str, stage: str, version: str) -> dict[str, str]:
+    """Every stage version ``stage/version`` was built from, following manifests' inputs."""
+    found: dict[str, str] = {}
+    todo = [(stage, version)]
+    while todo:
+        s, v = todo.pop()
+        try:
+            inputs = versioned.read_manifest(run_dir, s, v).get("inputs") or {}
+        except (versioned.StageNotFound, FileNotFoundError):
+            continue
+        for s2, v2 in inputs.items():
+            if isinstance(v2, str) and s2 not in found:
+                found[s2] = v2
+                todo.append((s2, v2))
+    return found
+
+
+def _embeddings(run_dir: str, n_items: int, split_version: str):
+    """The published embeddings as an item-indexed matrix, checked to come from this split."""
+    try:
+        emb = read_embeddings(run_dir)
+    except versioned.StageNotFound:
+        raise PipelineError(f"evaluation needs the 'embeddings' stage in {run_dir}; "
+                            f"run jobs/infer.py first") from None
+    if len(emb.node) != n_items or not np.array_equal(emb.node, np.arange(n_items)):
+        raise PipelineError(f"embeddings/{emb.version} holds {len(emb.node)} nodes; expected the "
+                            f"{n_items} items 0..{n_items - 1} of the evaluated graph")
+    source_split = lineage(run_dir, "embeddings", emb.version).get("split")
+    if source_split is not None and source_split != split_version:
+        raise PipelineError(f"embeddings/{emb.version} come from a model trained on split/"
+                            f"{source_split}, not the split evaluated (split/{split_version}): its "
+                            f"held-out interactions may have been trained on; re-run train and infer")
+    return emb
+
+
+def _methods(cfg, data: eval_data.EvalData, kmax: int, notes: dict) -> dict[str, Callable]:
+    ev, seed = cfg.eval, int(cfg.seed)
+    out: dict[str, Callable] = {}
+    for name in ev.baselines:
+        if name == "popularity":
+            out[name] = lambda q: baselines.popularity(data, q, kmax)
+        elif name == "random_walk":
+            out[name] = lambda q: baselines.random_walk(
+                data, q, kmax, num_walks=ev.rw_walks, walk_length=ev.rw_walk_length,
+                restart_prob=ev.rw_restart_prob, seed=seed)
+        elif name == "item_knn":
+            out[name] = lambda q: baselines.item_knn(data, q, kmax)
+        elif name == "als":
+            out[name] = lambda q: baselines.als(data, q, kmax, factors=ev.als_factors,
+                                                iterations=ev.als_iterations,
+                                                regularization=ev.als_regularization, seed=seed)
+        elif name == "features_only":
+            if not data.feature_names:
+                notes[name] = "skipped: the graph has no item features"
+                continue
+            out[name] = lambda q: baselines.features_only(data, q, kmax)
+    return out
+
+
+def run_evaluate(cfg) -> EvalResult:
+    """Evaluate the latest embeddings and the baselines; publish ``index`` and ``eval``."""
+    ev, run_dir, seed = cfg.eval, cfg.run_dir, int(cfg.seed)
+    _validate(ev)
+    ks = sorted(set(int(k) for k in ev.ks))
+    kmax = ks[-1]
+    data = eval_data.load(run_dir, kind=ev.kind, max_queries=ev.max_queries, seed=seed)
+    emb = _embeddings(run_dir, data.n_items, data.split_version)
+    # Each distinct query is answered once; rows map back to the held-out pairs.
+    uniq, inverse = np.unique(data.queries, return_inverse=True)
+
+    idx = publish_index(run_dir, ev, emb.version, uniq, keep=cfg.keep_versions, force=cfg.force,
+                        seed=seed)
+    inputs = {"split": data.split_version, "embeddings": emb.version, "index": idx.version}
+    params = {"eval": OmegaConf.to_container(ev, resolve=True), "seed": seed}
+    if ev.compare_aggregators:
+        params["variants"] = {"model": OmegaConf.to_container(cfg.model, resolve=True),
+                              "train": OmegaConf.to_container(cfg.train, resolve=True)}
+    fp = versioned.fingerprint({"code": pipeline.__version__, "stage": STAGE, "inputs": inputs,
+                                "params": params})
+    found = versioned.find_matching(run_dir, STAGE, fp)
+    if found and not cfg.force:
+        path = versioned.resolve(run_dir, STAGE, found)
+        metrics = json.loads((path / "metrics.json").read_text())
+        log.info("eval/%s already computed from these inputs; reusing it", found)
+        return EvalResult(found, True, metrics, report.markdown_table(metrics), idx.manifest)
+
+    notes: dict[str, str] = {}
+    methods = _methods(cfg, data, kmax, notes)
+    methods[OURS] = lambda q: baselines.embedding_topk(emb.matrix, q, kmax)
+    origin = lineage(run_dir, "embeddings", emb.version)
+    model_manifest = (versioned.read_manifest(run_dir, "model", origin["model"])
+                      if "model" in origin else None)
+    model_aggregator = model_manifest["model"]["aggregator"] if model_manifest else None
+    variants: dict[str, str] = {}
+    if ev.compare_aggregators:
+        from pipeline.evaluate.aggregators import train_and_embed
+        for agg in ev.aggregators:
+            if agg == model_aggregator:
+                continue
+            name = f"{OURS}[{agg}]"
+
+            def run_variant(q, agg=agg, name=name):
+                matrix, version = train_and_embed(cfg, agg)
+                variants[name] = version
+                return baselines.embedding_topk(matrix, q, kmax)
+            methods[name] = run_variant
+
+    ranks: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    for name, fn in tqdm(methods.items(), desc="evaluate", unit="method", leave=False):
+        t0 = time.perf_counter()
+        top = fn(uniq)
+        seconds[name] = round(time.perf_counter() - t0, 3)
+        ranks[name] = M.target_ranks(top[inverse], data.targets)
+        log.info("%s: %s in %.1fs", name, M.summarize(ranks[name], ks), seconds[name])
+
+    per_query = {name: M.per_query(r, ks) for name, r in ranks.items()}
+    best = _best_baseline(per_query, [n for n in methods if n in BASELINES])
+    if best is not None:
+        per_query[f"{OURS} - {best}"] = {k: per_query[OURS][k] - per_query[best][k]
+                                        for k in per_query[OURS]}
+    ci = M.bootstrap_ci(per_query, ev.bootstrap, seed)
+    metrics = {
+        "dataset": cfg.data.name,
+        "protocol": versioned.read_manifest(run_dir, "split", data.split_version).get(
+            "protocol", ev.protocol),
+        "split": ev.kind,
+        "num_queries": int(len(data.queries)),
+        "num_items": data.n_items,
+        "ks": ks,
+        "bootstrap": ev.bootstrap,
+        "methods": {name: {**M.summarize(r, ks), "ci95": ci[name], "seconds": seconds[name]}
+                    for name, r in ranks.items()},
+        "notes": notes,
+        "index": {"stage": f"index/{idx.version}", "type": ev.index, **idx.manifest["quality"]},
+        "versions": {**inputs, "graph": data.graph_version, **{f"model{n[len(OURS):]}": v
+                                                              for n, v in variants.items()}},
+    }
+    if best is not None:
+        diff = f"{OURS} - {best}"
+        metrics["vs_best_baseline"] = {
+            "baseline": best,
+            "difference": {k: float(v.mean()) for k, v in per_query[diff].items()},
+            "ci95": ci[diff]}
+    table = report.markdown_table(metrics)
+
+    with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs,
+                           keep=cfg.keep_versions) as out:
+        rep = out.path / "report"
+        rep.mkdir()
+        (rep / "metrics.md").write_text(table + "\n")
+        # The trainer logs under _tensorboard/<first 16 characters of the model's fingerprint>.
+        tb = (Path(run_dir) / "_tensorboard" / model_manifest["fingerprint"][:16]
+              if model_manifest else None)
+        note = report.training_curves(tb, rep / "training_curves.png")
+        if note:
+            notes["training_curves"] = note
+        report.hit_rate_curves(ranks, kmax, rep / "hit_rate_at_k.png")
+        labels, what = report.categories(data.features(), data.feature_names, data.degree)
+        report.embedding_map(emb.matrix, labels, what, rep / "embedding_map.png",
+                             max_points=ev.map_items, seed=seed)
+        (out.path / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        out.manifest.update({"counts": {"queries": metrics["num_queries"],
+                                        "methods": len(ranks)},
+                             "metrics": {n: {k: v for k, v in m.items() if k != "ci95"}
+                                         for n, m in metrics["methods"].items()},
+                             "notes": notes})
+    log.info("published eval/%s", out.version)
+    return EvalResult(out.version, False, metrics, table, idx.manifest)
+
+
+def print_summary(result: EvalResult) -> None:
+    """What the jobs print: the index's recall, the metrics table and the best-baseline gap."""
+    m = result.metrics
+    reused = " (reused)" if result.reused else ""
+    recall = ", ".join(f"recall@{k} {m['index'][f'recall@{k}']:.4f}" for k in m["ks"])
+    print(f"\nevaluate {m['index']['stage']}: {m['index']['type']}, {recall} vs exact search")
+    print(f"         eval/{result.version}{reused}: {m['dataset']}, {m['protocol']}, "
+          f"{m['num_queries']:,} {m['split']} queries over {m['num_items']:,} items, "
+          f"95% bootstrap CIs ({m['bootstrap']} resamples)\n")
+    print(result.table)
+    vs = m.get("vs_best_baseline")
+    if vs:
+        d, ci = vs["difference"], vs["ci95"]
+        print(f"\n{OURS} - {vs['baseline']} (best baseline, paired): "
+              + ", ".join(f"{k} {d[k]:+.4f} [{ci[k][0]:+.4f}, {ci[k][1]:+.4f}]"
+                          for k in (f"hit_rate@{m['ks'][0]}", "mrr")))
+    for what, note in m.get("notes", {}).items():
+        print(f"note: {what}: {note}")
+
+
+def _best_baseline(per_query: dict, names: list[str]) -> str | None:
+    """The baseline with the highest MRR (ties: higher hit-rate at the smallest K)."""
+    if OURS not in per_query or not names:
+        return None
+    return max(names, key=lambda n: (per_query[n]["mrr"].mean(),
+                                     next(iter(per_query[n].values())).mean()))
+

@@ -1,0 +1,280 @@
+"""Evaluation: metrics against brute force, bootstrap CIs, faiss, baselines, published stages."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.evaluate import baselines, index as ann, metrics as M, print_summary, run_evaluate
+from pipeline.evaluate.data import EvalData
+from pipeline.io import versioned
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_drop_query_keeps_order_and_k_items():
+    top = np.array([[3, 1, 2], [1, 2, 3], [4, 5, -1]])
+    assert M.drop_query(top, np.array([1, 9, 4]), 2).tolist() == [[3, 2], [1, 2], [5, -1]]
+
+
+def test_hit_rate_and_mrr_match_brute_force():
+    g = np.random.default_rng(0)
+    n_items, n_q, ks = 30, 200, [1, 5, 10]
+    scores = g.normal(size=(n_q, n_items))
+    queries, targets = g.integers(0, n_items, n_q), g.integers(0, n_items, n_q)
+    order = np.argsort(-scores, axis=1)
+    top = M.drop_query(order[:, :max(ks) + 1], queries, max(ks))
+    got = M.summarize(M.target_ranks(top, targets), ks)
+    hits = {k: 0 for k in ks}
+    rr = 0.0
+    for q, t, row in zip(queries, targets, order):
+        ranked = [int(i) for i in row if i != q]          # every item but the query, best first
+        rank = ranked.index(t) + 1 if t != q else None     # a target equal to its query is never found
+        for k in ks:
+            hits[k] += rank is not None and rank <= k
+        rr += 1 / rank if rank is not None and rank <= max(ks) else 0.0
+    for k in ks:
+        assert got[f"hit_rate@{k}"] == pytest.approx(hits[k] / n_q)
+    assert got["mrr"] == pytest.approx(rr / n_q)
+
+
+def test_tiny_known_ranking():
+    # Query 0's list is [0, 7, 3, 5]: the query goes, 3 is at rank 2.
+    top = M.drop_query(np.array([[0, 7, 3, 5], [8, 9, 1, 2]]), np.array([0, 1]), 3)
+    ranks = M.target_ranks(top, np.array([3, 4]))
+    assert ranks.tolist() == [2, 0]
+    assert M.summarize(ranks, [1, 3]) == {"hit_rate@1": 0.0, "hit_rate@3": 0.5, "mrr": 0.25}
+
+
+def test_bootstrap_ci_contains_estimate_and_is_seeded():
+    g = np.random.default_rng(1)
+    values = {"a": M.per_query(g.integers(0, 40, 500), [10]),
+              "b": M.per_query(g.integers(0, 40, 500), [10])}
+    ci = M.bootstrap_ci(values, samples=300, seed=7)
+    for m, per in values.items():
+        for name, v in per.items():
+            lo, hi = ci[m][name]
+            assert lo <= v.mean() <= hi and lo < hi
+    assert ci == M.bootstrap_ci(values, samples=300, seed=7)
+    assert ci != M.bootstrap_ci(values, samples=300, seed=8)
+
+
+# --- faiss -----------------------------------------------------------------------------------
+
+
+def _unit(n, d, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_exact_index_equals_numpy_brute_force():
+    x = _unit(300, 16)
+    q = np.arange(0, 300, 7)
+    top, scores = ann.search(ann.exact_index(x), x, q, 10)
+    s = x[q] @ x.T
+    s[np.arange(len(q)), q] = -np.inf                      # the query is excluded
+    expect = np.argsort(-s, axis=1, kind="stable")[:, :10]
+    assert np.array_equal(top, expect)
+    assert np.allclose(scores, np.take_along_axis(s, expect, axis=1), atol=1e-5)
+    assert not (top == q[:, None]).any()
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_index_recall(kind):
+    x = _unit(2000, 16)
+    q = np.arange(0, 2000, 10)
+    exact, _ = ann.search(ann.exact_index(x), x, q, 10)
+    approx, _ = ann.search(ann.approximate_index(x, kind, nprobe=8), x, q, 10)
+    r = ann.recall(approx, exact, 10)
+    assert 0.8 < r <= 1.0
+    assert ann.recall(exact, exact, 10) == 1.0
+
+
+# --- baselines on a tiny graph with known answers --------------------------------------------
+
+def _tiny(src, dst, n_items, n_nodes, weight=None, bipartite=True):
+    src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
+    w = np.ones(len(src), np.float32) if weight is None else np.asarray(weight, np.float32)
+    return EvalData(run_dir="", graph_version="", split_version="", n_items=n_items, n_nodes=n_nodes,
+                    bipartite=bipartite, feature_names=[], queries=np.zeros(0, np.int64),
+                    targets=np.zeros(0, np.int64), src=src, dst=dst, weight=w)
+
+
+# Items 0-3, users 4-6: u4 {0, 1}, u5 {0, 1, 2}, u6 {1, 2}; item 3 has no interaction.
+TINY = _tiny([4, 4, 5, 5, 5, 6, 6], [0, 1, 0, 1, 2, 1, 2], 4, 7)
+
+
+def test_popularity_order_without_the_query():
+    assert TINY.degree.tolist() == [2, 3, 2, 0]
+    top = baselines.popularity(TINY, np.array([1, 3]), 2)
+    assert top.tolist() == [[0, 2], [1, 0]]
+
+
+def test_item_knn_is_cosine_of_cooccurrence():
+    # Cosines: (0,1) = 2/sqrt(6) = 0.816, (0,2) = 0.5, (1,2) = 0.816; item 3 shares no user.
+    top = baselines.item_knn(TINY, np.array([0, 2, 3]), 3)
+    assert top.tolist() == [[1, 2, -1], [1, 0, -1], [-1, -1, -1]]
+
+
+def test_item_knn_matches_numpy_on_weighted_graph():
+    g = np.random.default_rng(3)
+    n_items, n_users = 25, 40
+    pairs = {(int(u), int(i)) for u, i in zip(g.integers(0, n_users, 300), g.integers(0, n_items, 300))}
+    u, i = map(np.array, zip(*sorted(pairs)))
+    w = g.uniform(0.5, 3, len(u))
+    data = _tiny(u + n_items, i, n_items, n_items + n_users, weight=w)
+    m = np.zeros((n_items, n_users))
+    m[i, u] = w
+    unit = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+    cos = unit @ unit.T
+    q = np.arange(n_items)
+    cos[q, q] = -np.inf
+    top = baselines.item_knn(data, q, 5)
+    for row, got in zip(cos, top):
+        expect = [j for j in np.argsort(-row, kind="stable")[:5] if row[j] > 0]
+        assert got[:len(expect)].tolist() == expect
+
+
+def test_random_walk_ranks_by_visits_from_the_query():
+    # From item 0 a hop lands on item 1 with prob 5/12 and on item 2 with 1/6.
+    top = baselines.random_walk(TINY, np.array([0, 3]), 3, num_walks=4000, walk_length=2,
+                                restart_prob=0.3, seed=0)
+    assert top[0].tolist() == [1, 2, -1]        # never the query, never the unreachable item 3
+    assert top[1].tolist() == [-1, -1, -1]      # item 3 cannot be left
+
+
+def test_als_returns_other_items_deterministically():
+    g = np.random.default_rng(4)
+    pairs = {(int(u), int(i)) for u, i in zip(g.integers(0, 30, 400), g.integers(0, 20, 400))}
+    u, i = map(np.array, zip(*sorted(pairs)))
+    data = _tiny(u + 20, i, 20, 50)
+    q = np.arange(20)
+    kw = dict(factors=8, iterations=5, regularization=0.01, seed=0)
+    top = baselines.als(data, q, 5, **kw)
+    assert top.shape == (20, 5) and not (top == q[:, None]).any()
+    assert np.array_equal(top, baselines.als(data, q, 5, **kw))
+
+
+# --- the published stages on a small real run -----------------------------------------------
+
+def _write_graph(path, n_users=50, n_items=40, per_user=8, seed=0):
+    g = np.random.default_rng(seed)
+    p = np.arange(n_items, 0, -1) / np.arange(n_items, 0, -1).sum()
+    lines = ["user,item,ts"]
+    for u in range(n_users):
+        for t, i in enumerate(g.choice(n_items, size=per_user, replace=False, p=p)):
+            lines.append(f"u{u},i{i},{1000 * u + t}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def publish_embeddings(run_dir, matrix, ids, inputs):
+    """A stand-in for the inference stage: an `embeddings` stage of the EMBEDDINGS schema."""
+    with versioned.publish(run_dir, "embeddings", versioned.fingerprint([inputs, matrix.sum()]),
+                           inputs=inputs) as out:
+        (out.path / "embeddings").mkdir()
+        pq.write_table(pa.table({"node": pa.array(np.arange(len(matrix)), pa.int64()),
+                                 "id": pa.array(ids, pa.string()),
+                                 "embedding": pa.array(list(matrix), pa.list_(pa.float32()))}),
+                       out.path / "embeddings" / "part-0.parquet")
+    return out.version
+
+
+@pytest.fixture(scope="module")
+def small_run(spark, tmp_path_factory):
+    """A small timed bipartite graph, ingested and sampled, with random item embeddings."""
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import CONF_DIR
+    from pipeline.ingest import run_ingest
+    from pipeline.sampling import run_sample
+    tmp = tmp_path_factory.mktemp("evalrun")
+    path = _write_graph(tmp / "edges.csv")
+    overrides = [f"run_dir={tmp / 'run'}", "data=edges", f"data.path={path}", "data.src_col=user",
+                 "data.dst_col=item", "data.time_col=ts", "sample.num_walks=20",
+                 "sample.batch_size=16", "sample.easy_negatives=5", "eval.ks=[5,10]",
+                 "eval.bootstrap=200", "eval.rw_walks=200", "eval.als_factors=8",
+                 "eval.als_iterations=3", "eval.map_items=30"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    run_ingest(spark, cfg)
+    sample = run_sample(spark, cfg)
+    nodes = pq.read_table(versioned.resolve(cfg.run_dir, "graph") / "nodes").to_pandas()
+    items = nodes[nodes["type"] == "item"].sort_values("node")
+    emb = publish_embeddings(cfg.run_dir, _unit(len(items), 8, seed=5), list(items["id"]),
+                             {"neighbors": sample.versions["neighbors"]})
+    return cfg, emb, list(items["id"])
+
+
+def test_metrics_json_structure_and_report(small_run, capsys):
+    cfg, emb, _ = small_run
+    result = run_evaluate(cfg)
+    path = versioned.resolve(cfg.run_dir, "eval", result.version)
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics == result.metrics
+    assert metrics["dataset"] == "edges" and metrics["protocol"] == "leave_last_out"
+    assert metrics["split"] == "test" and metrics["num_queries"] == 50
+    assert set(metrics["methods"]) == {"popularity", "random_walk", "item_knn", "als", "pinsage"}
+    assert "features_only" in metrics["notes"]           # this graph has no item features
+    for m in metrics["methods"].values():
+        for name in ("hit_rate@5", "hit_rate@10", "mrr"):
+            lo, hi = m["ci95"][name]
+            assert 0 <= lo <= m[name] <= hi <= 1
+        assert m["hit_rate@5"] <= m["hit_rate@10"]
+    assert metrics["versions"]["embeddings"] == emb
+    assert metrics["vs_best_baseline"]["baseline"] in {"popularity", "random_walk", "item_knn", "als"}
+    for png in ("hit_rate_at_k.png", "embedding_map.png"):
+        assert (path / "report" / png).stat().st_size > 1000
+    assert "training_curves" in metrics["notes"]         # no model, so no TensorBoard logs
+    assert (path / "report" / "metrics.md").read_text().startswith("| method | hit_rate@5 |")
+    print_summary(result)
+    out = capsys.readouterr().out
+    assert "| pinsage |" in out and "recall@10" in out
+    again = run_evaluate(cfg)
+    assert again.reused and again.version == result.version
+
+
+def test_index_stage_and_similar_items(small_run):
+    from pipeline import similar_items
+    cfg, emb, ids = small_run
+    run_evaluate(cfg)
+    manifest = versioned.read_manifest(cfg.run_dir, "index")
+    assert manifest["inputs"] == {"embeddings": emb}
+    assert set(manifest["quality"]) == {"recall@5", "recall@10"}
+    assert 0.9 <= manifest["quality"]["recall@10"] <= 1.0
+    matrix = _unit(len(ids), 8, seed=5)
+    got, scores = similar_items(cfg.run_dir, [ids[0], ids[3]], k=4)
+    for q, row, s in zip([0, 3], got, scores):
+        sims = matrix @ matrix[q]
+        sims[q] = -np.inf
+        expect = np.argsort(-sims)[:4]
+        assert row == [ids[j] for j in expect] and ids[q] not in row
+        assert np.allclose(s, sims[expect], atol=1e-5)
+    with pytest.raises(PipelineError, match="1 of 2 ids are not items"):
+        similar_items(cfg.run_dir, [ids[0], "nope"], k=4)
+
+
+def test_embeddings_from_another_split_are_refused(small_run):
+    cfg, _, ids = small_run
+    run_dir = cfg.run_dir
+    publish_embeddings(run_dir, _unit(len(ids), 8, seed=6), ids, {"split": "v-some-other-split"})
+    try:
+        with pytest.raises(PipelineError, match="not the split evaluated"):
+            run_evaluate(cfg)
+    finally:
+        # Point back at the good version for the other tests of this module.
+        good = versioned.list_versions(run_dir, "embeddings")[0]
+        (versioned.stage_dir(run_dir, "embeddings") / versioned.LATEST).write_text(good + "\n")
+
+
+def test_bad_eval_config(small_run):
+    from omegaconf import OmegaConf
+    cfg, _, _ = small_run
+    with pytest.raises(PipelineError, match="eval.baselines: unknown"):
+        run_evaluate(OmegaConf.merge(cfg, {"eval": {"baselines": ["magic"]}}))
+    with pytest.raises(PipelineError, match="eval.kind must be one of"):
+        run_evaluate(OmegaConf.merge(cfg, {"eval": {"kind": "train"}}))
