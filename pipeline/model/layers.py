@@ -2,7 +2,9 @@
 
 Every node has exactly T neighbour slots (padded, with a boolean mask), so a
 layer is a handful of dense batched ops: no graph library and no per-edge
-Python. The same layer serves a training minibatch and full-graph inference.
+Python. The same layer serves a training minibatch and full-graph inference:
+``forward`` is ``combine(message(h_nbr))``, and inference calls the two halves
+itself, computing each node's message once rather than once per edge.
 
 Padding rule, shared by every aggregator: padded slots are zeroed *before*
 anything is computed from them (``masked_fill``, which passes no gradient), so
@@ -67,17 +69,37 @@ class PinSageConv(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.in_dim}, {self.out_dim}, aggregator={self.aggregator!r}"
 
-    def forward(self, h_self: torch.Tensor, h_nbr: torch.Tensor, weight: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-        """``h_self`` (N, in), ``h_nbr`` (N, T, in), ``weight`` (N, T), ``mask`` (N, T) bool.
+    @property
+    def message_dim(self) -> int:
+        """Width of :meth:`message`: ``m_j``, plus ``W_r h_j`` (gatv2) or ``G_n h_j`` (gated)."""
+        return self.out_dim * (2 if self.aggregator in ("gatv2", "gated") else 1)
 
-        Returns the (N, out) L2-normalised representations.
+    def message(self, h: torch.Tensor) -> torch.Tensor:
+        """What a node sends to each node that has it as a neighbour: (..., in) -> (..., message_dim).
+
+        Everything the aggregator needs from a neighbour is a function of that
+        neighbour alone, so it is computed once per node (whole-graph
+        inference ships it to the T nodes that need it) instead of once per edge.
+        """
+        m = torch.relu(self.msg(h))
+        if self.aggregator == "gatv2":
+            return torch.cat([m, self.att_nbr(h)], dim=-1)
+        if self.aggregator == "gated":
+            return torch.cat([m, self.gate_nbr(h)], dim=-1)
+        return m
+
+    def combine(self, h_self: torch.Tensor, msgs: torch.Tensor, weight: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        """``h_self`` (N, in), ``msgs`` (N, T, message_dim), ``weight`` (N, T), ``mask`` (N, T) bool.
+
+        Aggregates the neighbours' messages and applies the dense layer; returns
+        the (N, out) L2-normalised representations.
         """
         mask = mask.to(torch.bool)
         pad = ~mask
-        h_nbr = h_nbr.masked_fill(pad.unsqueeze(-1), 0.0)
-        weight = weight.to(h_nbr.dtype).masked_fill(pad, 0.0)
-        m = torch.relu(self.msg(h_nbr)).masked_fill(pad.unsqueeze(-1), 0.0)
+        msgs = msgs.masked_fill(pad.unsqueeze(-1), 0.0)
+        weight = weight.to(msgs.dtype).masked_fill(pad, 0.0)
+        m, nbr_part = msgs[..., :self.out_dim], msgs[..., self.out_dim:]
 
         agg = self.aggregator
         if agg == "importance":
@@ -89,25 +111,37 @@ class PinSageConv(nn.Module):
             # is the max over the real ones, and 0 for a node without neighbours.
             n = m.amax(1)
         elif agg == "gatv2":
-            n = self._gatv2(h_self, h_nbr, weight, mask, m)
+            n = self._gatv2(h_self, nbr_part, weight, mask, m)
         else:
-            n = self._gated(h_self, h_nbr, weight, m)
+            n = self._gated(h_self, nbr_part, weight, m)
 
         z = torch.relu(self.out(torch.cat([h_self, n], dim=-1)))
         if agg == "gated":
             z = z + self.residual(h_self)
         return F.normalize(z, dim=-1, eps=NORM_EPS)
 
-    def _gatv2(self, h_self, h_nbr, weight, mask, m):
+    def forward(self, h_self: torch.Tensor, h_nbr: torch.Tensor, weight: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        """``h_self`` (N, in), ``h_nbr`` (N, T, in), ``weight`` (N, T), ``mask`` (N, T) bool.
+
+        ``combine(h_self, message(h_nbr), ...)``; returns the (N, out)
+        L2-normalised representations.
+        """
+        mask = mask.to(torch.bool)
+        h_nbr = h_nbr.masked_fill(~mask.unsqueeze(-1), 0.0)
+        return self.combine(h_self, self.message(h_nbr), weight, mask)
+
+    def _gatv2(self, h_self, att_nbr, weight, mask, m):
         """GATv2 attention with ``log(weight)`` as an additive prior.
 
-        ``e_j = a^T LeakyReLU(W_l h_self + W_r h_j) + log(max(w_j, tiny))``,
+        ``e_j = a^T LeakyReLU(W_l h_self + W_r h_j) + log(max(w_j, tiny))``
+        (``att_nbr`` = ``W_r h_j``, sent with the message),
         ``alpha = softmax`` over real neighbours, ``n = sum_j alpha_j m_j``.
         Padded slots get -inf; rows with no real neighbour get all-zero scores
         (a finite softmax) and their alphas are then zeroed, so ``n = 0``.
         """
         tiny = torch.finfo(weight.dtype).tiny
-        hidden = F.leaky_relu(self.att_self(h_self).unsqueeze(1) + self.att_nbr(h_nbr),
+        hidden = F.leaky_relu(self.att_self(h_self).unsqueeze(1) + att_nbr,
                               GATV2_SLOPE)
         score = self.att(hidden).squeeze(-1) + torch.log(weight.clamp_min(tiny))
         score = score.masked_fill(~mask, float("-inf"))
@@ -116,10 +150,11 @@ class PinSageConv(nn.Module):
         alpha = torch.softmax(score, dim=1).masked_fill(~mask, 0.0)
         return torch.einsum("nt,ntd->nd", alpha, m)
 
-    def _gated(self, h_self, h_nbr, weight, m):
+    def _gated(self, h_self, gate_nbr, weight, m):
         """Gated-GCN aggregation, importance-weighted.
 
-        ``g_j = sigmoid(G_s h_self + g + G_n h_j)`` (elementwise, out_dim wide),
+        ``g_j = sigmoid(G_s h_self + g + G_n h_j)`` (elementwise, out_dim wide;
+        ``gate_nbr`` = ``G_n h_j``, sent with the message),
         ``n = sum_j w_j g_j * m_j / sum_j w_j`` over real neighbours (w = 0 on
         padding). The gates rescale messages without being renormalised, so a
         node can damp its whole neighbourhood; the residual (added in forward,
@@ -127,5 +162,5 @@ class PinSageConv(nn.Module):
         + R h_self`` with R the identity when in_dim == out_dim, else a Linear
         without bias.
         """
-        gate = torch.sigmoid(self.gate_self(h_self).unsqueeze(1) + self.gate_nbr(h_nbr))
+        gate = torch.sigmoid(self.gate_self(h_self).unsqueeze(1) + gate_nbr)
         return _weighted_sum(gate * m, weight)

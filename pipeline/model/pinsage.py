@@ -40,9 +40,11 @@ def hash_ids(node_ids: torch.Tensor, buckets: int) -> torch.Tensor:
 class PinSage(nn.Module):
     """Item embeddings from features and/or a learnable ID embedding, then K convolutions.
 
-    ``id_embedding``: ``"on"`` one row per item (node ids must be
-    0..num_items-1), ``"off"`` features only, ``"hashed"`` ``id_buckets`` rows
-    shared through ``hash_ids`` (bounded memory for huge or growing catalogues).
+    ``id_embedding``: ``"on"`` one row per item 0..num_items-1, ``"off"``
+    features only, ``"hashed"`` ``id_buckets`` rows shared through ``hash_ids``
+    (bounded memory for huge or growing catalogues). With ``"on"`` an item
+    added after training (id >= num_items) has no row: its ID contribution is
+    zero, so it is embedded from its features and neighbours alone (inductive).
     """
 
     def __init__(self, feature_dim: int, hidden_dim: int, num_layers: int, aggregator: str,
@@ -72,15 +74,17 @@ class PinSage(nn.Module):
                                    for _ in range(num_layers))
 
     def input_layer(self, node_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
-        """(n, hidden): projected features plus the node's ID embedding."""
+        """(n, hidden): projected features plus the node's ID embedding (0 for unseen ids)."""
         h = None
         if self.feature_proj is not None:
             h = self.feature_proj(features.to(self.feature_proj.weight.dtype))
         if self.id_emb is not None:
             ids = node_ids.to(torch.int64)
             if self.id_embedding == "hashed":
-                ids = hash_ids(ids, self.id_buckets)
-            e = self.id_emb(ids)
+                e = self.id_emb(hash_ids(ids, self.id_buckets))
+            else:
+                rows = self.id_emb.num_embeddings
+                e = self.id_emb(ids.clamp_max(rows - 1)).masked_fill((ids >= rows).unsqueeze(-1), 0.0)
             h = e if h is None else h + e
         return h
 
@@ -114,6 +118,9 @@ class PinSage(nn.Module):
                          return_layers: bool = False):
         """Every node's embedding, each layer computed once for all N nodes.
 
+        Each node's message is computed once and gathered into its T
+        neighbours' slots (what Spark inference does with a join).
+
         ``nbr_table`` (N, T) holds row indices into ``node_ids`` (-1 = padding).
         With ``return_layers`` the list [input, after conv 0, ..., after conv
         K-1] is returned as well, for layer-by-layer exactness checks.
@@ -122,8 +129,8 @@ class PinSage(nn.Module):
         safe, mask = idx.clamp_min(0), idx >= 0
         h = self.input_layer(node_ids, features)
         layers = [h]
-        for c in range(self.num_layers):
-            h = self.layer(c, h, h[safe], nbr_weight, mask)
+        for conv in self.convs:
+            h = conv.combine(h, conv.message(h)[safe], nbr_weight, mask)
             layers.append(h)
         out = F.normalize(h, dim=-1, eps=NORM_EPS)
         return (out, layers) if return_layers else out
