@@ -94,7 +94,9 @@ class TrainConfig:
 
 @dataclass
 class InferConfig:
-    """Bottom-up Spark inference; options arrive with that stage."""
+    partitions: int = 0              # edge and layer table buckets; 0 = auto (see README)
+    batch_rows: int = 65536          # rows per Arrow batch handed to PyTorch
+    message_dtype: str = "float32"   # float32 (exact) | float16 | bfloat16 (half the shuffle)
 
 
 @dataclass

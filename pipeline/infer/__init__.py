@@ -1,0 +1,284 @@
+"""Inference: every item's embedding, computed bottom-up over the whole graph in Spark.
+
+Layer by layer, never per node: a K-hop tree per item would redo each
+neighbour's work up to T^K times, whereas here every node's representation at
+layer k is computed exactly once. For k = 1..K:
+
+* **map**: each node's ``h^{k-1}`` gives its message for conv k
+  (``PinSageConv.message``; layer 0 is ``PinSage.input_layer``);
+* **join**: the ``neighbors`` lists, exploded to ``(node, slot, nbr, weight)``,
+  meet the messages on ``nbr``;
+* **reduce**: messages and the node's own ``h^{k-1}`` are shuffled to the node
+  and aggregated by ``PinSageConv.combine`` into ``h^k``.
+
+The model is broadcast once and all numeric work runs in ``mapInArrow`` on
+Arrow batches through the trainer's own code (:mod:`pipeline.infer.kernels`).
+One shuffle per layer: the exploded edges are written once bucketed by
+``nbr`` and every layer table bucketed by ``node`` with the same bucket count,
+so the join is bucket-to-bucket with no exchange, and each reduce task also
+computes the next layer's messages, leaving only the reduce's own shuffle
+(``N x (T + 1)`` rows). Layer tables are Parquet in the staging directory, so
+a failed task recomputes its own layer only.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+import pipeline
+from pipeline.errors import PipelineError
+from pipeline.infer import kernels
+from pipeline.io import schemas, versioned
+from pipeline.io.embeddings import STAGE, TABLE
+from pipeline.train.trainer import STAGE as MODEL_STAGE
+from pipeline.train.trainer import load_model
+
+log = logging.getLogger(__name__)
+
+REDUCE_SCHEMA = "node long, id string, slot int, weight float, payload binary"
+EMBEDDING_SCHEMA = "node long, id string, embedding array<float>"
+# Reduce rows (own h + one per neighbour) per bucket when infer.partitions=0:
+# bounds each task's sort and Python batch memory to a few hundred MB.
+REDUCE_ROWS_PER_PARTITION = 2_000_000
+# Model fields that must match the configuration the user asks for.
+MODEL_FIELDS = ("num_layers", "hidden_dim", "aggregator", "id_embedding")
+
+
+@dataclass
+class InferResult:
+    version: str
+    reused: bool
+    counts: dict = field(default_factory=dict)
+
+
+def _validate(cfg) -> None:
+    i = cfg.infer
+    if i.message_dtype not in kernels.MESSAGE_DTYPES:
+        raise PipelineError(f"infer.message_dtype must be one of "
+                            f"{', '.join(kernels.MESSAGE_DTYPES)}, got '{i.message_dtype}'")
+    if i.partitions < 0:
+        raise PipelineError("infer.partitions must be >= 0 (0 = sized to the graph)")
+    if i.batch_rows < 1:
+        raise PipelineError("infer.batch_rows must be >= 1")
+
+
+def _inputs(run_dir: str) -> dict[str, str]:
+    out = {}
+    for stage, job in ((MODEL_STAGE, "jobs/train.py"), ("neighbors", "jobs/sample.py"),
+                       ("graph", "jobs/ingest.py")):
+        version = versioned.latest_version(run_dir, stage)
+        if version is None:
+            raise PipelineError(f"inference needs the '{stage}' stage in {run_dir}; "
+                                f"run {job} first")
+        out[stage] = version
+    return out
+
+
+def check_compatible(spec: dict, cfg_model, feature_dim: int, num_neighbors: int) -> None:
+    """The published model must fit the configuration, the graph's features and the neighbours."""
+    for name in MODEL_FIELDS:
+        if str(spec[name]) != str(cfg_model[name]):
+            raise PipelineError(f"the latest model was trained with model.{name}={spec[name]} "
+                                f"but the config says model.{name}={cfg_model[name]}; "
+                                f"run jobs/train.py with this config or drop the override")
+    if spec["feature_dim"] != feature_dim:
+        raise PipelineError(f"the model was trained on {spec['feature_dim']} item features "
+                            f"but the graph has {feature_dim}")
+    if spec["num_neighbors"] != num_neighbors:
+        raise PipelineError(f"the model was trained with T={spec['num_neighbors']} neighbours "
+                            f"but the neighbors stage has T={num_neighbors}; re-run "
+                            f"jobs/sample.py with sample.num_neighbors={spec['num_neighbors']}")
+
+
+def edge_table(neighbors: DataFrame) -> DataFrame:
+    """``neighbors`` exploded to ``(node, slot, nbr, weight)``: one row per real neighbour."""
+    slots = neighbors.select("node", "weights", F.posexplode("neighbors").alias("slot", "nbr"))
+    return slots.select("node", F.col("slot").cast("int"), "nbr",
+                        F.col("weights")[F.col("slot")].alias("weight"))
+
+
+def reduce_input(edges: DataFrame, layer: DataFrame) -> DataFrame:
+    """Rows of ``REDUCE_SCHEMA``: each node's own ``h`` and the messages of its neighbours."""
+    msgs = layer.select(F.col("node").alias("nbr"), "msg").hint("shuffle_hash")
+    sent = edges.join(msgs, "nbr").select(
+        "node", F.lit(None).cast("string").alias("id"), "slot", "weight",
+        F.col("msg").alias("payload"))
+    own = layer.select("node", "id", F.lit(kernels.SELF_SLOT).alias("slot"),
+                       F.lit(0.0).cast("float").alias("weight"), F.col("h").alias("payload"))
+    return own.unionByName(sent)
+
+
+class _BucketedTables:
+    """Parquet tables bucketed by a key, registered under unique names for this run.
+
+    Bucketing is what lets Spark join two tables with the same bucket count
+    without a shuffle, and it lives in the catalog, hence the (external,
+    session-only) tables; dropping them leaves the files to the caller.
+    """
+
+    def __init__(self, spark: SparkSession, buckets: int):
+        self.spark, self.buckets = spark, buckets
+        self.prefix = f"pinsage_infer_{uuid.uuid4().hex[:12]}"
+        self.names: list[str] = []
+
+    def write(self, df: DataFrame, path: str, key: str, name: str) -> DataFrame:
+        table = f"{self.prefix}_{name}"
+        df.write.format("parquet").bucketBy(self.buckets, key).option("path", path).saveAsTable(table)
+        self.names.append(table)
+        return self.spark.table(table)
+
+    def drop(self) -> None:
+        for table in self.names:
+            self.spark.sql(f"DROP TABLE IF EXISTS {table}")
+
+
+@contextmanager
+def _session_conf(spark: SparkSession, conf: dict[str, str]):
+    """Set session properties for the duration of the block, then restore them."""
+    old = {k: spark.conf.get(k, None) for k in conf}
+    for k, v in conf.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
+
+
+def _input_fn(blob, last: bool, dtype_name: str):
+    def run(batches):
+        model = kernels.model_of(blob.value)
+        yield from kernels.input_layer(model, batches, last=last,
+                                       message_dtype=kernels.MESSAGE_DTYPES[dtype_name])
+    return run
+
+
+def _reduce_fn(blob, k: int, num_neighbors: int, dtype_name: str):
+    def run(batches):
+        model = kernels.model_of(blob.value)
+        yield from kernels.reduce_layer(model, k, batches, num_neighbors=num_neighbors,
+                                        message_dtype=kernels.MESSAGE_DTYPES[dtype_name])
+    return run
+
+
+def embed(spark: SparkSession, items: DataFrame, neighbors: DataFrame, model, spec: dict, *,
+          work_dir: str, out_path: str, partitions: int, message_dtype: str) -> list[float]:
+    """Write every item's embedding (``schemas.EMBEDDINGS``) to ``out_path``.
+
+    ``items``: ``(node, id, features)``; ``neighbors``: ``schemas.NEIGHBORS``.
+    Layer tables go under ``work_dir``. Returns the seconds spent on the input
+    layer (with the edge table) and on each convolution.
+    """
+    K, T = model.num_layers, int(spec["num_neighbors"])
+    blob = spark.sparkContext.broadcast(kernels.ModelBlob.of(model, spec))
+    tables = _BucketedTables(spark, partitions)
+    seconds = []
+    try:
+        t0 = time.perf_counter()
+        h = items.repartition(partitions, "node").mapInArrow(
+            _input_fn(blob, K == 0, message_dtype),
+            EMBEDDING_SCHEMA if K == 0 else kernels.LAYER_SCHEMA)
+        if K == 0:
+            schemas.conform(h, schemas.EMBEDDINGS, TABLE).write.parquet(out_path)
+        else:
+            edges = tables.write(edge_table(neighbors).repartition(partitions, "nbr"),
+                                 f"{work_dir}/edges", "nbr", "edges")
+            layer = tables.write(h, f"{work_dir}/h0", "node", "h0")
+        seconds.append(time.perf_counter() - t0)
+        log.info("input layer%s in %.1fs", "" if K == 0 else " and edge table", seconds[-1])
+        for k in range(K):
+            t0 = time.perf_counter()
+            out = (reduce_input(edges, layer).repartition(partitions, "node")
+                   .sortWithinPartitions("node", "slot")
+                   .mapInArrow(_reduce_fn(blob, k, T, message_dtype),
+                               EMBEDDING_SCHEMA if k == K - 1 else kernels.LAYER_SCHEMA))
+            if k == K - 1:
+                schemas.conform(out, schemas.EMBEDDINGS, TABLE).write.parquet(out_path)
+            else:
+                layer = tables.write(out, f"{work_dir}/h{k + 1}", "node", f"h{k + 1}")
+            seconds.append(time.perf_counter() - t0)
+            log.info("layer %d/%d in %.1fs", k + 1, K, seconds[-1])
+    finally:
+        tables.drop()
+        blob.unpersist()
+    return seconds
+
+
+def run_infer(spark: SparkSession, cfg) -> InferResult:
+    """Embed every item of the latest graph with the latest model; publish ``embeddings``."""
+    _validate(cfg)
+    i, run_dir = cfg.infer, cfg.run_dir
+    inputs = _inputs(run_dir)
+    params = {"message_dtype": i.message_dtype}
+    fp = versioned.fingerprint({"code": pipeline.__version__, "stage": STAGE, "inputs": inputs,
+                                "params": params})
+    found = versioned.find_matching(run_dir, STAGE, fp)
+    if found and not cfg.force:
+        log.info("%s/%s already built from these inputs; reusing it", STAGE, found)
+        return InferResult(found, True, versioned.read_manifest(run_dir, STAGE, found)["counts"])
+
+    t0 = time.perf_counter()
+    model, model_manifest = load_model(run_dir, inputs[MODEL_STAGE])
+    spec = model_manifest["model"]
+    graph_dir = versioned.resolve(run_dir, "graph", inputs["graph"])
+    graph_manifest = versioned.read_manifest(run_dir, "graph", inputs["graph"])
+    nb_dir = versioned.resolve(run_dir, "neighbors", inputs["neighbors"])
+    nb_config = versioned.read_manifest(run_dir, "neighbors", inputs["neighbors"])["config"]
+    check_compatible(spec, cfg.model, int(graph_manifest["counts"].get("feature_dim", 0)),
+                     int(nb_config["num_neighbors"]))
+
+    items = (spark.read.schema(schemas.NODES).parquet(str(graph_dir / "nodes"))
+             .where(F.col("type") == schemas.ITEM).select("node", "id", "features"))
+    neighbors = schemas.conform(spark.read.parquet(str(nb_dir / "neighbors")),
+                                schemas.NEIGHBORS, "neighbors")
+    stats = items.agg(F.count(F.lit(1)).alias("items"),
+                      F.sum((F.col("node") >= spec["num_items"]).cast("long")).alias("unseen"),
+                      F.min(F.size("features")).alias("min_dim"),
+                      F.max(F.size("features")).alias("max_dim")).first()
+    n_items = int(stats["items"])
+    if n_items == 0:
+        raise PipelineError(f"graph/{inputs['graph']} has no items to embed")
+    if stats["min_dim"] != stats["max_dim"] or stats["max_dim"] != spec["feature_dim"]:
+        raise PipelineError(f"items have {stats['min_dim']} to {stats['max_dim']} features, "
+                            f"the model expects {spec['feature_dim']}")
+    with_nbrs = items.join(neighbors.where(F.size("neighbors") > 0), "node", "left_semi").count()
+    partitions = i.partitions or max(2 * spark.sparkContext.defaultParallelism, math.ceil(
+        n_items * (int(spec["num_neighbors"]) + 1) / REDUCE_ROWS_PER_PARTITION))
+    log.info("embedding %d items with model/%s (%d layers, %s) in %d partitions",
+             n_items, inputs[MODEL_STAGE], model.num_layers, spec["aggregator"], partitions)
+
+    with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs,
+                           keep=cfg.keep_versions) as out:
+        work_dir = out.path / "_layers"
+        with _session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
+                                   str(i.batch_rows)}):
+            seconds = embed(spark, items, neighbors, model, spec, work_dir=str(work_dir),
+                            out_path=out.table_path(TABLE), partitions=partitions,
+                            message_dtype=i.message_dtype)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        total = time.perf_counter() - t0
+        counts = {"items": n_items, "empty_neighborhoods": n_items - with_nbrs,
+                  "unseen_items": int(stats["unseen"] or 0), "num_layers": model.num_layers,
+                  "dim": spec["hidden_dim"], "partitions": partitions,
+                  "message_dtype": i.message_dtype,
+                  "seconds_per_layer": [round(s, 2) for s in seconds],
+                  "seconds": round(total, 2), "items_per_second": round(n_items / total)}
+        out.manifest.update({"counts": counts,
+                             "schema": {TABLE: schemas.describe(schemas.EMBEDDINGS)}})
+    log.info("embeddings: %d items in %.1fs (%d with no neighbours, %d unseen by the model)",
+             n_items, total, counts["empty_neighborhoods"], counts["unseen_items"])
+    return InferResult(out.version, False, counts)
+
+
+__all__ = ["InferResult", "check_compatible", "edge_table", "embed", "reduce_input", "run_infer"]
