@@ -144,3 +144,72 @@ def test_quarantine_keeps_every_bad_row(spark, make_cfg, tmp_path):
     nodes, edges, _ = read_graph(spark, make_cfg().run_dir)
     got = {r["id"]: list(r["features"]) for r in nodes.where(F.col("type") == "item").collect()}
     assert got == {"b": [1.0], "l": [2.0]}
+
+
+def test_truncated_parquet_part_names_the_file(spark, make_cfg, tmp_path):
+    src = tmp_path / "edges"
+    src.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"src": [f"u{i}"], "dst": [f"i{i}"]}), src / f"part-{i}.parquet")
+    part = src / "part-1.parquet"
+    part.write_bytes(part.read_bytes()[:-20])
+    with pytest.raises(IngestError) as err:
+        run_ingest(spark, make_cfg("data=edges", f"data.path={src}", "data.format=parquet"))
+    size = part.stat().st_size
+    assert str(err.value) == (f"data.path: cannot read Parquet at {src}: {part} is truncated "
+                              f"or corrupted ({size} bytes, no Parquet footer)")
+
+
+def test_damage_inside_a_parquet_file_names_the_file(spark, make_cfg, tmp_path):
+    path = tmp_path / "e.parquet"
+    n = 50_000
+    pq.write_table(pa.table({"src": [f"u{i % 997}" for i in range(n)],
+                             "dst": [f"i{i % 1009}" for i in range(n)]}), path)
+    blob = bytearray(path.read_bytes())
+    blob[200:len(blob) // 2] = b"\xab" * (len(blob) // 2 - 200)
+    path.write_bytes(bytes(blob))
+    with pytest.raises(versioned.CorruptFile) as err:
+        run_ingest(spark, make_cfg("data=edges", f"data.path={path}", "data.format=parquet"))
+    assert str(err.value).startswith(f"{path} cannot be read (corrupted Parquet?): ")
+
+
+@pytest.mark.parametrize("mode", ["fail", "quarantine"])
+def test_one_percent_bad_rows_at_scale(spark, make_cfg, tmp_path, mode):
+    """20,000 rows, every 100th malformed in one of three ways: exact counts either way."""
+    lines = ["src,dst,t"]
+    for i in range(20_000):
+        if i % 100 == 7:
+            lines.append([f"u{i % 500},i{i % 3000},soon", f",i{i},{i}", f"u{i},i{i},{i},x"][i // 100 % 3])
+        else:
+            lines.append(f"u{i % 500},i{(i * 7) % 3000},{i}")
+    path = tmp_path / "big.csv"
+    path.write_text("\n".join(lines) + "\n")
+    cfg = make_cfg("data=edges", f"data.path={path}", "data.time_col=t", f"ingest.on_bad_rows={mode}")
+    if mode == "fail":
+        with pytest.raises(IngestError) as err:
+            run_ingest(spark, cfg)
+        head, *problems = str(err.value).split("\n")
+        assert head == f"edges from {path}: 200 bad rows; {HINT}"
+        got = [p.split("; e.g. ") for p in problems]
+        assert [g[0] for g in got] == [
+            f"  {path}: every column: 66 of 20000 rows: malformed line (wrong number of fields)",
+            f"  {path}: column 'src' (data.src_col): 67 of 20000 rows: missing id",
+            f"  {path}: column 't' (data.time_col): 67 of 20000 rows: not numeric"]
+        # Each example is one of the bad rows of its kind, shown verbatim.
+        bad = {i: lines[i + 1] for i in range(7, 20_000, 100)}
+        line = json.loads(got[0][1])["line"]
+        assert line in bad.values() and line.endswith(",x")
+        row = json.loads(got[1][1])
+        assert row["src"] is None and f",{row['dst']},{row['t']}" in bad.values()
+        row = json.loads(got[2][1])
+        assert row["t"] == "soon" and f"{row['src']},{row['dst']},soon" in bad.values()
+        assert versioned.latest_version(cfg.run_dir, "graph") is None
+        return
+    c = run_ingest(spark, cfg).counts
+    assert (c["edge_rows_in"], c["edge_rows_quarantined"]) == (20_000, 200)
+    assert c["edge_rows_in"] == c["edges_out"] + c["edge_rows_quarantined"] + \
+        c["duplicate_edges_merged"] + c["self_loops_dropped"]
+    q = spark.read.parquet(str(versioned.resolve(cfg.run_dir, "graph") / "quarantine"))
+    assert q.count() == 200
+    assert dict(q.groupBy("reason").count().collect()) == {
+        "malformed line (wrong number of fields)": 66, "missing id": 67, "not numeric": 67}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 import pipeline
 from pipeline.ingest import graph, sources, validate
@@ -46,6 +47,11 @@ def _fingerprint(cfg, files: list[str]) -> str:
 
 def run_ingest(spark: SparkSession, cfg) -> IngestResult:
     """Publish a new ``graph`` version, or reuse the latest if inputs are unchanged."""
+    with versioned.clear_read_errors():
+        return _ingest(spark, cfg)
+
+
+def _ingest(spark: SparkSession, cfg) -> IngestResult:
     t0 = time.perf_counter()
     raw = sources.read_source(spark, cfg.data)
     fp = _fingerprint(cfg, raw.files)
@@ -62,7 +68,10 @@ def run_ingest(spark: SparkSession, cfg) -> IngestResult:
     good, bad_edges, edge_problems = validate.split(
         raw.edges, validate.edge_checks(raw), edge_cols, total=rows_in,
         on_bad_rows=on_bad, what=f"edges from {raw.path}")
-    nodes, edges, edge_counts = graph.build_edges(good, raw.columns, cfg.data.bipartite)
+    id_map_from = versioned.latest_version(cfg.run_dir, STAGE)
+    previous = (read_graph(spark, cfg.run_dir, id_map_from)[0].select("node", "id", "type")
+                if id_map_from else None)
+    nodes, edges, edge_counts = graph.build_edges(good, raw.columns, cfg.data.bipartite, previous)
 
     counts = {"edge_rows_in": rows_in,
               "edge_rows_quarantined": sum(p["count"] for p in edge_problems),
@@ -81,14 +90,19 @@ def run_ingest(spark: SparkSession, cfg) -> IngestResult:
     counts.update(feature_counts)
     counts["feature_dim"] = dim
 
-    with versioned.publish(cfg.run_dir, STAGE, fp, config=_stage_config(cfg), keep=cfg.keep_versions) as out:
+    inputs = {"id_map": id_map_from} if id_map_from else {}
+    with versioned.publish(cfg.run_dir, STAGE, fp, config=_stage_config(cfg), inputs=inputs,
+                           keep=cfg.keep_versions) as out:
         nodes.write.parquet(out.table_path("nodes"))
         edges.write.parquet(out.table_path("edges"))
         quarantine.coalesce(1).write.parquet(out.table_path("quarantine"))
-        by_type = {r["type"]: int(r["count"]) for r in
-                   spark.read.parquet(out.table_path("nodes")).groupBy("type").count().collect()}
+        written = spark.read.parquet(out.table_path("nodes"))
+        by_type = {r["type"]: int(r["count"]) for r in written.groupBy("type").count().collect()}
         counts["nodes"] = by_type
         counts["nodes_out"] = sum(by_type.values())
+        counts["retired_nodes"] = {r["type"]: int(r["count"]) for r in
+                                   written.where(F.col("id") == graph.RETIRED_ID)
+                                   .groupBy("type").count().collect()}
         out.manifest.update({
             "counts": counts,
             "problems": edge_problems + (feat_problems if raw.features is not None else []),
@@ -106,7 +120,7 @@ def run_ingest(spark: SparkSession, cfg) -> IngestResult:
 
 def read_graph(spark: SparkSession, run_dir: str, version: str | None = None):
     """``(nodes, edges, manifest)`` of a published graph version (default: latest)."""
-    path = versioned.resolve(run_dir, STAGE, version)
+    path = versioned.check_version(run_dir, STAGE, version)
     manifest = versioned.read_manifest(run_dir, STAGE, path.name)
     nodes = spark.read.schema(schemas.NODES).parquet(str(path / "nodes"))
     edges = spark.read.schema(schemas.EDGES).parquet(str(path / "edges"))

@@ -8,27 +8,68 @@ from pipeline.io import schemas
 from pipeline.spark import index_rows
 
 
-def assign_ids(ids: DataFrame) -> DataFrame:
-    """Dense int64 node ids for ``(id, type)`` rows, deterministic and shuffle-safe.
+RETIRED_ID = ""  # the id of a retired number's placeholder row; never a valid id
 
-    Items come first (so item node ids are 0..n_items-1), then users; within a
-    type, integer-looking ids in numeric order, then the rest as strings. The
-    numbering is a global sort plus per-partition offsets, all in the JVM, so
-    it scales past what one machine could collect.
+
+def _order(df: DataFrame) -> tuple:
+    """Items first; within a type, integer-looking ids numerically, then strings."""
+    return (F.asc(F.when(F.col("type") == schemas.ITEM, 0).otherwise(1)),
+            F.asc_nulls_last(F.col("id").try_cast("long")), F.asc("id"))
+
+
+def assign_ids(ids: DataFrame, previous: DataFrame | None = None) -> DataFrame:
+    """Node numbers for ``(id, type)`` rows: stable across versions, items in ``0..n_items-1``.
+
+    Without ``previous`` (the first version of a run): items first, then
+    users; within a type, integer-looking ids in numeric order, then the rest
+    as strings. The numbering is a global sort plus per-partition offsets, all
+    in the JVM, so it scales past what one machine could collect.
+
+    With ``previous`` (the ``nodes`` of the last published version) the map is
+    carried over: a node's *slot* (its number within its type) never changes
+    and is never reused; new ids get the next slots, in the order above;
+    removed ids leave a placeholder row (id ``RETIRED_ID``, no edges, zero
+    features) so the item range stays dense, which the feature store, the
+    model's ID embeddings and every ``n_items``-sized array rely on. Items are
+    numbered by slot; users by ``item slots + slot``, so a user's number moves
+    only by the number of items added (no artefact refers to users across
+    versions; items' numbers are what the model, neighbourhoods, embeddings
+    and the index keep).
     """
-    ranked = ids.select("id", "type",
-                        F.when(F.col("type") == schemas.ITEM, 0).otherwise(1).alias("_t"),
-                        F.col("id").try_cast("long").alias("_n"))
-    ranked = index_rows(ranked, F.asc("_t"), F.asc_nulls_last("_n"), F.asc("id"), name="node")
-    return ranked.select("node", "id", "type")
+    if previous is None:
+        return index_rows(ids.select("id", "type"), *_order(ids), name="node").select(
+            "node", "id", "type")
+    n_prev_items = previous.where(F.col("type") == schemas.ITEM).count()
+    prev = previous.select("id", "type", (F.col("node") - F.when(
+        F.col("type") == schemas.ITEM, 0).otherwise(n_prev_items)).alias("slot"))
+    live = prev.where(F.col("id") != RETIRED_ID)
+    carried = ids.join(live, ["id", "type"], "inner")
+    retired = (prev.where(F.col("id") == RETIRED_ID)
+               .unionByName(live.join(ids, ["id", "type"], "left_anti"))
+               .withColumn("id", F.lit(RETIRED_ID)))
+    next_slot = {r["type"]: int(r["n"]) for r in
+                 prev.groupBy("type").agg((F.max("slot") + 1).alias("n")).collect()}
+    fresh = ids.join(live, ["id", "type"], "left_anti").select("id", "type")
+    fresh = index_rows(fresh, *_order(fresh), name="_rank")
+    n_new_items = fresh.where(F.col("type") == schemas.ITEM).count()
+    fresh = fresh.select("id", "type", F.when(
+        F.col("type") == schemas.ITEM, F.col("_rank") + next_slot.get(schemas.ITEM, 0))
+        .otherwise(F.col("_rank") - n_new_items + next_slot.get(schemas.USER, 0)).alias("slot"))
+    n_items = next_slot.get(schemas.ITEM, 0) + n_new_items
+    slots = carried.select("id", "type", "slot").unionByName(retired).unionByName(fresh)
+    return slots.select(
+        (F.col("slot") + F.when(F.col("type") == schemas.ITEM, 0).otherwise(n_items)).alias("node"),
+        "id", "type")
 
 
-def build_edges(good: DataFrame, roles: dict[str, str], bipartite: bool
+def build_edges(good: DataFrame, roles: dict[str, str], bipartite: bool,
+                previous: DataFrame | None = None
                 ) -> tuple[DataFrame, DataFrame, dict[str, int]]:
     """Map ids to nodes, drop self-loops, merge duplicates (sum weights, latest time).
 
-    ``good`` holds validated rows with the user's column names in ``roles``.
-    Returns ``(nodes without features, edges, counts)``.
+    ``good`` holds validated rows with the user's column names in ``roles``;
+    ``previous`` is the last version's ``nodes``, whose numbers are kept
+    (see :func:`assign_ids`). Returns ``(nodes without features, edges, counts)``.
     """
     src_type = F.lit(schemas.USER if bipartite else schemas.ITEM)
     weight = (F.col(roles["weight"]).try_cast("double") if "weight" in roles else F.lit(1.0))
@@ -40,7 +81,7 @@ def build_edges(good: DataFrame, roles: dict[str, str], bipartite: bool
     ids = (rows.select(F.col("src_id").alias("id"), src_type.alias("type"))
            .union(rows.select(F.col("dst_id").alias("id"), F.lit(schemas.ITEM).alias("type")))
            .distinct())
-    nodes = assign_ids(ids).persist()
+    nodes = assign_ids(ids, previous).persist()
     src_map = nodes.select(F.col("id").alias("src_id"), F.col("type").alias("_st"),
                            F.col("node").alias("src"))
     dst_map = nodes.where(F.col("type") == schemas.ITEM).select(
@@ -85,6 +126,7 @@ def attach_features(nodes: DataFrame, features: DataFrame | None, dim: int
     item_ids = items.select("id", F.lit(True).alias("_item"))
     counts = {
         "items_without_features": joined.where((F.col("type") == schemas.ITEM)
+                                               & (F.col("id") != RETIRED_ID)
                                                & F.col("_matched").isNull()).count(),
         "feature_rows_unmatched": feats.join(item_ids, "id", "left")
                                        .where(F.col("_item").isNull()).count(),

@@ -16,6 +16,7 @@ from pyspark.sql import types as T
 
 from pipeline.config import DataConfig
 from pipeline.errors import IngestError
+from pipeline.io import versioned
 
 FILE_COL = "_file"
 CORRUPT_COL = "_corrupt_record"
@@ -73,6 +74,7 @@ def _read_table(spark: SparkSession, path: str, fmt: str, what: str) -> DataFram
         return _read_csv(spark, path)
     if fmt == "parquet":
         try:
+            versioned.check_parquet(path)
             df = spark.read.parquet(path)
         except Exception as e:  # AnalysisException: corrupt file, not parquet, ...
             raise IngestError(f"{what}: cannot read Parquet at {path}: {str(e).splitlines()[0]}") from e

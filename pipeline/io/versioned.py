@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -29,6 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,81 @@ def resolve(run_dir: str | os.PathLike, stage: str, version: str | None = None) 
     if not (path / SUCCESS).exists():
         raise StageNotFound(f"{path} is not a complete version of stage '{stage}' (no {SUCCESS})")
     return path
+
+
+class CorruptFile(PipelineError):
+    """A Parquet file of a published version (or of a source) cannot be read."""
+
+
+PARQUET_MAGIC = b"PAR1"
+
+
+def check_parquet(path: str | os.PathLike) -> int:
+    """Fail with :class:`CorruptFile` naming the first truncated Parquet file under ``path``.
+
+    A complete Parquet file starts and ends with ``PAR1``; truncation (a copy
+    cut short, a full disk) loses the trailing footer. Two 4-byte reads per
+    file, so it is cheap enough before every stage. Returns the number of
+    files checked. Damage inside a file is caught when Spark reads it (see
+    :func:`clear_read_errors`).
+    """
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
+    for f in files:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(4)
+            fh.seek(max(0, size - 4))
+            tail = fh.read(4)
+        if size < 12 or head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
+            part = "header" if head != PARQUET_MAGIC else "footer"
+            raise CorruptFile(f"{f} is truncated or corrupted ({size} bytes, no Parquet {part})")
+    return len(files)
+
+
+def check_version(run_dir: str | os.PathLike, stage: str, version: str | None = None) -> Path:
+    """:func:`resolve`, then :func:`check_parquet` on the version's tables."""
+    path = resolve(run_dir, stage, version)
+    try:
+        check_parquet(path)
+    except CorruptFile as e:
+        raise CorruptFile(f"{stage}/{path.name}: {e}; rebuild the stage (force=true)") from None
+    return path
+
+
+_SPARK_FILE = re.compile(r"(?:file:)?/*(/[^\s'\",\]]+\.parquet)")
+
+
+def read_error(exc: BaseException) -> CorruptFile | None:
+    """A clear error for a Spark failure that came from reading a damaged Parquet file.
+
+    Spark names the file in its message (FAILED_READ_FILE, CANNOT_READ_FILE_FOOTER, ...);
+    returns None when the failure was something else.
+    """
+    text = str(exc)
+    if not re.search(r"FAILED_READ_FILE|CANNOT_READ_FILE_FOOTER|Parquet|parquet", text):
+        return None
+    m = _SPARK_FILE.search(text)
+    if m is None:
+        return None
+    line = next(line for line in text.splitlines() if m.group(1) in line)
+    reason = re.sub(r"^[:\s]*([\w.]+Exception:\s*)?", "", line).strip()
+    return CorruptFile(f"{m.group(1)} cannot be read (corrupted Parquet?): {reason[:300]}")
+
+
+@contextmanager
+def clear_read_errors() -> Iterator[None]:
+    """Turn Spark's failure to read a damaged Parquet file into a :class:`CorruptFile`."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as e:
+        err = read_error(e)
+        if err is None:
+            raise
+        raise err from e
 
 
 def read_manifest(run_dir: str | os.PathLike, stage: str, version: str | None = None) -> dict:

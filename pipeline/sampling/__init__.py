@@ -164,6 +164,11 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
 
 def run_sample(spark: SparkSession, cfg) -> SampleResult:
     """Run split -> walks -> pairs -> batches on the latest graph; publish each stage."""
+    with versioned.clear_read_errors():
+        return _sample(spark, cfg)
+
+
+def _sample(spark: SparkSession, cfg) -> SampleResult:
     _validate(cfg)
     s, run_dir, seed = cfg.sample, cfg.run_dir, int(cfg.seed)
     nodes, edges, graph_manifest = read_graph(spark, run_dir)
@@ -197,13 +202,13 @@ def run_sample(spark: SparkSession, cfg) -> SampleResult:
                                  "schema": {"train_edges": schemas.describe(schemas.EDGES),
                                             "holdout": schemas.describe(schemas.HOLDOUT)}})
         st.done("split", out, counts)
-    split_dir = versioned.resolve(run_dir, "split", result.versions["split"])
+    split_dir = versioned.check_version(run_dir, "split", result.versions["split"])
     train_edges = spark.read.schema(schemas.EDGES).parquet(str(split_dir / "train_edges"))
 
     # 2. Random walks -> importance neighbourhoods and hard-negative candidates.
     publish_neighbors(spark, st, s, seed=seed, split_version=result.versions["split"],
                       n_nodes=n_nodes, n_items=n_items, bipartite=bipartite, partitions=partitions)
-    nb_dir = versioned.resolve(run_dir, "neighbors", result.versions["neighbors"])
+    nb_dir = versioned.check_version(run_dir, "neighbors", result.versions["neighbors"])
     neighbors = spark.read.parquet(str(nb_dir / "neighbors"))
     ranked = neighbors.join(spark.read.parquet(str(nb_dir / "hard_candidates")), "node")
 
@@ -229,7 +234,7 @@ def run_sample(spark: SparkSession, cfg) -> SampleResult:
                 "pairs": schemas.describe(schemas.PAIRS),
                 "hard_negatives": schemas.describe(schemas.HARD_NEGATIVES)}})
         st.done("pairs", out, counts)
-    pairs_dir = versioned.resolve(run_dir, "pairs", result.versions["pairs"])
+    pairs_dir = versioned.check_version(run_dir, "pairs", result.versions["pairs"])
 
     # 4. Minibatches with their K-layer computation graphs.
     batch_params = {"batch_size": s.batch_size, "val_fraction": s.val_fraction,
