@@ -3,14 +3,16 @@
     python jobs/pipeline.py                      # MovieLens-100K end to end
     python jobs/pipeline.py data=edges data.path=... run_dir=runs/mine
 
-Stages so far: ingest, sample, train. Inference and evaluation join as they
-are built.
+Stages: ingest, sample, train, infer, evaluate; the run ends with the
+evaluation's metrics table (test split, 95% bootstrap CIs).
 """
 import _paths  # noqa: F401  (must come first)
 import hydra
 
 from pipeline import cli
 from pipeline.config import Config  # noqa: F401  (registers the schema)
+from pipeline.evaluate import print_summary, run_evaluate
+from pipeline.infer import run_infer
 from pipeline.ingest import run_ingest
 from pipeline.sampling import run_sample
 from pipeline.train.trainer import run_train
@@ -60,6 +62,14 @@ def main(cfg) -> None:
     if train.history:
         print(f"  popularity baseline: val hit-rate@{kv} "
               f"{train.history[-1][f'val_popularity_hit_rate@{kv}']:.4f}")
+
+    infer = run_infer(spark, cfg)
+    c = infer.counts
+    print(f"\ninfer    embeddings/{_status(infer.version, infer.reused)}")
+    print(f"  {c['items']:,} items, {c['empty_neighborhoods']} without neighbours, "
+          f"{c['unseen_items']} unseen by the model, {c['seconds']} s")
+
+    print_summary(run_evaluate(cfg))
 
 
 if __name__ == "__main__":
