@@ -128,6 +128,15 @@ class EvalConfig:
 
 
 @dataclass
+class RefreshConfig:
+    retrain: bool = False            # train a new model instead of inferring with the latest one
+    incremental: bool = True         # re-walk only items a changed edge can reach
+    max_regression: float = 0.02     # largest drop in hit-rate@10 below the current release
+    keep_versions: int = 3           # releases kept (and every stage version they use)
+    rollback: bool = False           # point the release back to the previous one, then stop
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -136,6 +145,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     run_dir: str = "runs/${data.name}"
     seed: int = 0

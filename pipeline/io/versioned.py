@@ -262,6 +262,12 @@ def clean_debris(run_dir: str | os.PathLike, stage: str) -> list[str]:
     return removed
 
 
+def point_latest(run_dir: str | os.PathLike, stage: str, version: str) -> None:
+    """Make ``_LATEST`` name an existing complete version (rollback, a refused refresh)."""
+    resolve(run_dir, stage, version)
+    _write_atomic(stage_dir(run_dir, stage) / LATEST, version + "\n")
+
+
 def prune(run_dir: str | os.PathLike, stage: str, keep: int) -> list[str]:
     """Delete the oldest versions beyond ``keep``; never the one ``_LATEST`` names."""
     keep = max(1, keep)

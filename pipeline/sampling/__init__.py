@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 from omegaconf import OmegaConf
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -27,7 +28,7 @@ from pipeline.ingest import read_graph
 from pipeline.io import schemas, versioned
 from pipeline.io.arrays import dense_neighbors
 from pipeline.sampling import batches as batching
-from pipeline.sampling import join_mode, memory_mode, pairs as pairing, split as splitting
+from pipeline.sampling import incremental, join_mode, memory_mode, pairs as pairing, split as splitting
 from pipeline.sampling.walks import hard_window
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,14 @@ def expected_hops(walk_length: int, restart_prob: float) -> float:
 
 
 def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_version: str,
-                      n_nodes: int, n_items: int, bipartite: bool, partitions: int) -> str:
-    """Walk from every item of the ``split`` stage's training graph; publish ``neighbors``."""
+                      n_nodes: int, n_items: int, bipartite: bool, partitions: int,
+                      neighbors_from: str | None = None) -> str:
+    """Walk from every item of the ``split`` stage's training graph; publish ``neighbors``.
+
+    ``neighbors_from``: a previous ``neighbors`` version whose rows are reused
+    for every item no changed edge can reach (:mod:`pipeline.sampling.incremental`);
+    the table equals a full run's, so the fingerprint is the same.
+    """
     window = hard_window(n_items, s.hard_window[0], s.hard_window[1], s.num_neighbors)
     walk_params = {"num_walks": s.num_walks, "walk_length": s.walk_length,
                    "restart_prob": s.restart_prob, "num_neighbors": s.num_neighbors,
@@ -120,9 +127,15 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
         return st.result.versions["neighbors"]
     t0 = time.perf_counter()
     edges_dir = str(versioned.resolve(st.run_dir, "split", split_version) / "train_edges")
+    plan, why = (incremental.plan(st.run_dir, neighbors_from, split_version, walk_params, window,
+                                  n_items, n_nodes, bipartite) if neighbors_from else (None, ""))
+    if why:
+        log.info("walking from every item: cannot reuse neighbors/%s: %s", neighbors_from, why)
+    starts = (spark.createDataFrame(pa.table({"node": plan.starts}).to_pandas())
+              if plan is not None else None)
     kw = dict(num_walks=s.num_walks, walk_length=s.walk_length, restart_prob=s.restart_prob,
               seed=seed, num_neighbors=s.num_neighbors, window=window, num_hard=s.num_hard,
-              partitions=partitions)
+              partitions=partitions, starts=starts)
     if s.mode == "memory":
         csr = memory_mode.load_csr(edges_dir, n_nodes, n_items, bipartite)
         log.info("CSR: %d nodes, %d adjacency slots, %s, loaded in %.1fs", n_nodes, len(csr.nbrs),
@@ -135,6 +148,12 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
         # Two tables come from one walk: write it once, then split the columns
         # (a Parquet column read is far cheaper than walking twice or caching).
         walked_dir = str(out.path / "walked")
+        if plan is not None:
+            prev_dir = versioned.check_version(st.run_dir, "neighbors", plan.previous)
+            kept = (spark.read.parquet(str(prev_dir / "neighbors"))
+                    .join(spark.read.parquet(str(prev_dir / "hard_candidates")), "node")
+                    .join(starts, "node", "left_anti").where(F.col("node") < n_items))
+            ranked = ranked.unionByName(kept.select(*ranked.columns))
         _write(ranked, walked_dir, "node", ROWS_PER_FILE, n_items)
         walked = spark.read.parquet(walked_dir)
         log.info("walked %d items in %.1fs", n_items, time.perf_counter() - t0)
@@ -147,10 +166,15 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
                             F.sum((F.size("neighbors") == 0).cast("int")).alias("empty"),
                             F.avg(F.size("neighbors")).alias("avg")).first()
         seconds = time.perf_counter() - t0
-        hops = n_items * s.num_walks * expected_hops(s.walk_length, s.restart_prob)
+        walked_items = n_items if plan is None else len(plan.starts)
+        hops = walked_items * s.num_walks * expected_hops(s.walk_length, s.restart_prob)
         counts = {"items": int(stats["items"]), "empty_neighborhoods": int(stats["empty"] or 0),
                   "avg_neighbors": round(float(stats["avg"] or 0), 3),
-                  "walks": n_items * s.num_walks, "hard_window_ranks": list(window),
+                  "walks": walked_items * s.num_walks, "hard_window_ranks": list(window),
+                  "recomputed_items": walked_items,
+                  "reused_items": 0 if plan is None else plan.reused,
+                  "reused_from": None if plan is None else plan.previous,
+                  "changed_edges": None if plan is None else plan.changed_edges,
                   "mode": s.mode, "seconds": round(seconds, 2),
                   "expected_hops_per_second": round(hops / seconds)}
         out.manifest.update({"counts": counts, "schema": {
@@ -162,13 +186,19 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
     return out.version
 
 
-def run_sample(spark: SparkSession, cfg) -> SampleResult:
-    """Run split -> walks -> pairs -> batches on the latest graph; publish each stage."""
+def run_sample(spark: SparkSession, cfg, *, neighbors_from: str | None = None,
+               training: bool = True) -> SampleResult:
+    """Run split -> walks -> pairs -> batches on the latest graph; publish each stage.
+
+    ``neighbors_from``: reuse that ``neighbors`` version where no change can
+    reach (the scheduled refresh); ``training=False`` stops after the walks,
+    since pairs and minibatches only feed the trainer.
+    """
     with versioned.clear_read_errors():
-        return _sample(spark, cfg)
+        return _sample(spark, cfg, neighbors_from, training)
 
 
-def _sample(spark: SparkSession, cfg) -> SampleResult:
+def _sample(spark: SparkSession, cfg, neighbors_from: str | None, training: bool) -> SampleResult:
     _validate(cfg)
     s, run_dir, seed = cfg.sample, cfg.run_dir, int(cfg.seed)
     nodes, edges, graph_manifest = read_graph(spark, run_dir)
@@ -207,7 +237,11 @@ def _sample(spark: SparkSession, cfg) -> SampleResult:
 
     # 2. Random walks -> importance neighbourhoods and hard-negative candidates.
     publish_neighbors(spark, st, s, seed=seed, split_version=result.versions["split"],
-                      n_nodes=n_nodes, n_items=n_items, bipartite=bipartite, partitions=partitions)
+                      n_nodes=n_nodes, n_items=n_items, bipartite=bipartite, partitions=partitions,
+                      neighbors_from=neighbors_from)
+    if not training:
+        spark.catalog.clearCache()
+        return result
     nb_dir = versioned.check_version(run_dir, "neighbors", result.versions["neighbors"])
     neighbors = spark.read.parquet(str(nb_dir / "neighbors"))
     ranked = neighbors.join(spark.read.parquet(str(nb_dir / "hard_candidates")), "node")

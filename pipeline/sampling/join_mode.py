@@ -91,11 +91,12 @@ def _rank(n_items: int, num_neighbors: int, window: tuple[int, int], num_hard: i
 def sample(spark: SparkSession, edges: DataFrame, n_items: int, bipartite: bool, *,
            num_walks: int, walk_length: int, restart_prob: float, seed: int,
            num_neighbors: int, window: tuple[int, int], num_hard: int,
-           partitions: int) -> DataFrame:
-    """Rows of ``arrow.RANKED_SCHEMA`` for every item ``0 .. n_items-1``."""
+           partitions: int, starts: DataFrame | None = None) -> DataFrame:
+    """Rows of ``arrow.RANKED_SCHEMA`` for every item ``0 .. n_items-1`` (or the ``node``s of ``starts``)."""
     slots, degrees = slots_table(edges)
     slots = slots.persist()
-    items = spark.range(0, n_items, numPartitions=partitions).withColumnRenamed("id", "node")
+    items = (spark.range(0, n_items, numPartitions=partitions).withColumnRenamed("id", "node")
+             if starts is None else starts.select("node").repartition(partitions))
     walkers = (items.join(degrees, "node").where(F.col("deg") > 0)
                .crossJoin(spark.range(num_walks).withColumnRenamed("id", "walk"))
                .select(F.col("node").alias("start"), "walk", F.col("node").alias("cur"), "deg"))

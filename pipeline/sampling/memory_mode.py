@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from pipeline.sampling import arrow, walks
 
@@ -28,8 +29,8 @@ def load_csr(edges_path: str, n_nodes: int, n_items: int, bipartite: bool) -> wa
 
 def sample(spark: SparkSession, csr: walks.CSR, *, num_walks: int, walk_length: int,
            restart_prob: float, seed: int, num_neighbors: int, window: tuple[int, int],
-           num_hard: int, partitions: int) -> DataFrame:
-    """Rows of ``arrow.RANKED_SCHEMA`` for every item ``0 .. n_items-1``."""
+           num_hard: int, partitions: int, starts: DataFrame | None = None) -> DataFrame:
+    """Rows of ``arrow.RANKED_SCHEMA`` for every item ``0 .. n_items-1`` (or the ``node``s of ``starts``)."""
     shared = spark.sparkContext.broadcast(csr)
     per_chunk = max(1, CHUNK_WALKERS // max(1, num_walks))
 
@@ -44,4 +45,6 @@ def sample(spark: SparkSession, csr: walks.CSR, *, num_walks: int, walk_length: 
                 ranked = walks.rank_visits(len(chunk), o, item, count, num_neighbors, window, num_hard)
                 yield arrow.ranked_batch(chunk, ranked)
 
-    return spark.range(0, csr.n_items, numPartitions=partitions).mapInArrow(run, arrow.RANKED_SCHEMA)
+    ids = (spark.range(0, csr.n_items, numPartitions=partitions) if starts is None else
+           starts.select(F.col("node").alias("id")).repartition(partitions))
+    return ids.mapInArrow(run, arrow.RANKED_SCHEMA)

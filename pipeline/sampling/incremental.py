@@ -1,0 +1,117 @@
+"""Incremental neighbourhoods: walk again only from items whose walks can see a change.
+
+A walk is a function of the seed, its start, its index and the adjacency rows
+(neighbours and weights, hence alias tables) of the nodes it stands on before
+each half hop; the random numbers never depend on the graph. A walk of at most
+``walk_length`` hops reads the rows of the nodes at half-hop positions
+``0 .. 2 * walk_length - 1`` (bipartite) or hop positions ``0 .. walk_length - 1``
+(item-item). So an item whose every walk stays clear of the endpoints of the
+changed edges, in the old graph and in the new, walks exactly as before, and
+its previous neighbourhood and hard candidates are reused as they are: the
+result equals a full re-sample bit for bit.
+
+Needs the previous version's numbering (ingest carries the id map over: items
+keep their numbers; users move by the number of item slots added).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.dataset as ds
+import scipy.sparse as sp
+
+from pipeline.io import versioned
+
+log = logging.getLogger(__name__)
+
+# Walk parameters that must match for a neighbourhood to be reusable.
+WALK_KEYS = ("num_walks", "walk_length", "restart_prob", "num_neighbors", "hard_window",
+             "num_hard", "seed")
+
+
+@dataclass
+class Plan:
+    previous: str            # the neighbors version whose rows are reused
+    starts: np.ndarray       # items to walk again (sorted)
+    changed_edges: int
+    n_items: int
+
+    @property
+    def reused(self) -> int:
+        return self.n_items - len(self.starts)
+
+
+def _edges(run_dir: str, split_version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    path = versioned.resolve(run_dir, "split", split_version) / "train_edges"
+    t = ds.dataset(str(path), format="parquet").to_table(columns=["src", "dst", "weight"])
+    return (t.column("src").to_numpy().astype(np.int64), t.column("dst").to_numpy().astype(np.int64),
+            t.column("weight").to_numpy().astype(np.float32))
+
+
+def _numbered_from(run_dir: str, graph_version: str, ancestor: str) -> bool:
+    """Whether ``graph_version``'s id map was carried over (possibly via others) from ``ancestor``."""
+    seen = set()
+    version = graph_version
+    while version and version not in seen:
+        if version == ancestor:
+            return True
+        seen.add(version)
+        try:
+            version = versioned.read_manifest(run_dir, "graph", version).get("inputs", {}).get("id_map")
+        except (versioned.StageNotFound, FileNotFoundError):
+            return False
+    return False
+
+
+def plan(run_dir: str, previous: str, split_version: str, walk_params: dict, window: tuple,
+         n_items: int, n_nodes: int, bipartite: bool) -> tuple[Plan | None, str]:
+    """Items to walk again from ``previous`` (a ``neighbors`` version), or ``(None, reason)``."""
+    try:
+        prev = versioned.read_manifest(run_dir, "neighbors", previous)
+        prev_split = prev["inputs"]["split"]
+        prev_graph = versioned.read_manifest(run_dir, "split", prev_split)["inputs"]["graph"]
+        graph = versioned.read_manifest(run_dir, "split", split_version)["inputs"]["graph"]
+        pg = versioned.read_manifest(run_dir, "graph", prev_graph)
+    except (versioned.StageNotFound, FileNotFoundError, KeyError) as e:
+        return None, f"previous neighbors/{previous} or its inputs are gone ({e})"
+    if any(prev["config"].get(k) != walk_params[k] for k in WALK_KEYS):
+        return None, "walk parameters changed"
+    if list(prev["counts"]["hard_window_ranks"]) != list(window):
+        return None, "the hard-negative window moved with the catalogue size"
+    if bool(pg["bipartite"]) != bipartite or not _numbered_from(run_dir, graph, prev_graph):
+        return None, f"graph/{graph} is not numbered from graph/{prev_graph}"
+    old_items = int(pg["counts"]["nodes"].get("item", 0))
+    if old_items > n_items:
+        return None, "fewer item slots than before"
+    shift = n_items - old_items
+    o_src, o_dst, o_w = _edges(run_dir, prev_split)
+    n_src, n_dst, n_w = _edges(run_dir, split_version)
+    if bipartite:
+        o_src = o_src + shift   # users follow the item slots
+    size = np.int64(max(n_nodes, int(pg["counts"]["nodes_out"]) + shift, 1))
+    o_key, n_key = o_src * size + o_dst, n_src * size + n_dst
+    common, oi, ni = np.intersect1d(o_key, n_key, assume_unique=True, return_indices=True)
+    reweighted = common[o_w[oi] != n_w[ni]]
+    changed = np.concatenate([np.setdiff1d(o_key, common, assume_unique=True),
+                              np.setdiff1d(n_key, common, assume_unique=True), reweighted])
+    ends = np.unique(np.concatenate([changed // size, changed % size]))
+    # Rows read by a walk: positions 0 .. reach-1 in half hops (bipartite) or hops.
+    reach = 2 * int(walk_params["walk_length"]) if bipartite else int(walk_params["walk_length"])
+    src = np.concatenate([o_src, n_src])
+    dst = np.concatenate([o_dst, n_dst])
+    adj = sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(size, size))
+    adj = ((adj + adj.T) > 0).astype(np.float32).tocsr()
+    reached = np.zeros(size, dtype=bool)
+    reached[ends] = True
+    frontier = reached.copy()
+    for _ in range(reach - 1):
+        if not frontier.any():
+            break
+        frontier = (adj @ frontier.astype(np.float32) > 0) & ~reached
+        reached |= frontier
+    starts = np.union1d(np.flatnonzero(reached[:n_items]), np.arange(old_items, n_items))
+    log.info("incremental walks: %d changed edges, %d of %d items to walk again",
+             len(changed), len(starts), n_items)
+    return Plan(previous, starts.astype(np.int64), int(len(changed)), n_items), ""

@@ -1,0 +1,196 @@
+"""The scheduled refresh: incremental neighbourhoods, release, gate, rollback, lock, faults."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from pipeline.errors import PipelineError
+from pipeline.ingest import run_ingest
+from pipeline.io import versioned
+from pipeline.refresh import Refused, lock as run_lock, rollback, run_refresh
+from pipeline.sampling import run_sample
+
+SMALL = ("sample.num_walks=40", "sample.batch_size=64", "sample.easy_negatives=40",
+         "sample.hard_window=[0,0]", "train.epochs=1", "train.easy_negatives=40",
+         "train.checkpoint_every=1000", "model.hidden_dim=16", "eval.ks=[10]")
+
+
+def communities(n: int = 20, items: int = 12, users: int = 6, seed: int = 0) -> list[tuple]:
+    """Clustered user-item edges ``(user, item, time)``: walks never leave a community."""
+    rnd = random.Random(seed)
+    rows, t = [], 0
+    for c in range(n):
+        for u in range(users):
+            for i in rnd.sample(range(items), 4):
+                t += 1
+                rows.append((f"u{c}_{u}", f"i{c}_{i}", t))
+    return rows
+
+
+def write(path, rows) -> None:
+    path.write_text("u,i,t\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+
+
+def changed(rows: list[tuple]) -> list[tuple]:
+    """Community 0 gains an edge, community 1 loses one, community 2 gains a new item and user."""
+    rows = list(rows)
+    t = max(r[2] for r in rows)
+    drop = next(r for r in rows if r[0] == "u1_0")
+    rows.remove(drop)
+    return rows + [("u0_0", "i0_99", t + 1), ("u2_new", "i2_new", t + 2), ("u2_0", "i2_new", t + 3)]
+
+
+def cfg_for(make_cfg, src, *extra):
+    return make_cfg("data=edges", f"data.path={src}", "data.src_col=u", "data.dst_col=i",
+                    "data.time_col=t", *SMALL, *extra)
+
+
+def _tables(spark, run_dir, version):
+    path = versioned.resolve(run_dir, "neighbors", version)
+    return [spark.read.parquet(str(path / t)) for t in ("neighbors", "hard_candidates")]
+
+
+def test_incremental_neighbors_equal_a_full_run(spark, make_cfg, tmp_path):
+    src = tmp_path / "e.csv"
+    rows = communities()
+    write(src, rows)
+    cfg = cfg_for(make_cfg, src)
+    run_ingest(spark, cfg)
+    first = run_sample(spark, cfg, training=False)
+    assert set(first.versions) == {"split", "neighbors"}
+    write(src, changed(rows))
+    run_ingest(spark, cfg)
+    inc = run_sample(spark, cfg, neighbors_from=first.versions["neighbors"], training=False)
+    c = inc.counts["neighbors"]
+    # Only communities 0, 1 and 2 changed, and walks never leave a community.
+    touched = {i for _, i, _ in rows + changed(rows) if i.split("_")[0] in ("i0", "i1", "i2")}
+    assert 0 < c["recomputed_items"] <= len(touched)
+    assert c["reused_items"] == c["items"] - c["recomputed_items"] >= c["items"] - len(touched)
+    assert c["reused_from"] == first.versions["neighbors"] and c["changed_edges"] > 0
+
+    full_cfg = cfg_for(make_cfg, src, f"run_dir={tmp_path / 'full'}")
+    write(src, rows)
+    run_ingest(spark, full_cfg)          # the same id map history as the incremental run
+    write(src, changed(rows))
+    run_ingest(spark, full_cfg)
+    full = run_sample(spark, full_cfg, training=False)
+    assert full.counts["neighbors"]["recomputed_items"] == c["items"]
+    for a, b in zip(_tables(spark, cfg.run_dir, inc.versions["neighbors"]),
+                    _tables(spark, full_cfg.run_dir, full.versions["neighbors"])):
+        assertDataFrameEqual(a, b, checkRowOrder=True)
+
+
+def test_refresh_release_gate_rollback_and_pruning(spark, make_cfg, tmp_path, monkeypatch):
+    src = tmp_path / "e.csv"
+    rows = communities()
+    write(src, rows)
+    cfg = cfg_for(make_cfg, src, "refresh.keep_versions=2")
+    with pytest.raises(PipelineError, match="no published model .* refresh.retrain=true"):
+        run_refresh(spark, cfg)
+    first = run_refresh(spark, cfg_for(make_cfg, src, "refresh.retrain=true"))
+    assert first.previous is None and set(first.versions) == {
+        "graph", "split", "neighbors", "pairs", "batches", "model", "embeddings", "index"}
+    assert 0 <= first.metrics["hit_rate@10"] <= 1 and first.metrics["queries"] > 0
+    with pytest.raises(Refused, match=f"nothing changed since release/{first.version}"):
+        run_refresh(spark, cfg)
+
+    write(src, changed(rows))
+    second = run_refresh(spark, cfg)
+    assert second.previous == first.version
+    assert second.versions["model"] == first.versions["model"]          # no retraining
+    n = second.counts["neighbors"]
+    assert n["reused_from"] == first.versions["neighbors"] and 0 < n["recomputed_items"] < 40
+    assert n["reused_items"] > 180
+    manifest = versioned.read_manifest(cfg.run_dir, "release")
+    assert manifest["versions"] == second.versions and manifest["counts"] == second.counts
+
+    # The gate: a refresh whose hit-rate drops too far publishes nothing and
+    # leaves every stage on the current release.
+    import pipeline.refresh as refresh
+    real = refresh.evaluate
+
+    def worse(c, version):
+        metrics, index = real(c, version)
+        return {**metrics, "hit_rate@10": second.metrics["hit_rate@10"] - 0.5}, index
+    monkeypatch.setattr(refresh, "evaluate", worse)
+    write(src, changed(rows) + [("u5_0", "i5_0", 10_000)])
+    with pytest.raises(Refused, match=r"hit_rate@10 -?[\d.]+ is more than refresh.max_regression=0.02 "
+                                      rf"below release/{second.version}"):
+        run_refresh(spark, cfg)
+    assert versioned.latest_version(cfg.run_dir, "release") == second.version
+    for stage, version in second.versions.items():
+        assert versioned.latest_version(cfg.run_dir, stage) == version
+    monkeypatch.setattr(refresh, "evaluate", real)
+    third = run_refresh(spark, cfg)
+    # keep_versions=2: the first release and the stage versions only it used are gone.
+    assert versioned.list_versions(cfg.run_dir, "release") == [second.version, third.version]
+    assert first.versions["graph"] not in versioned.list_versions(cfg.run_dir, "graph")
+    assert first.versions["model"] in versioned.list_versions(cfg.run_dir, "model")
+
+    # Rollback (the job's --rollback) points the release and every stage back.
+    out = subprocess.run([sys.executable, "jobs/refresh.py", "--rollback", f"run_dir={cfg.run_dir}"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"release/{second.version} is current again"
+    assert versioned.latest_version(cfg.run_dir, "release") == second.version
+    for stage, version in second.versions.items():
+        assert versioned.latest_version(cfg.run_dir, stage) == version
+    with pytest.raises(PipelineError, match="no release before"):
+        rollback(cfg.run_dir)
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_lock_refuses_a_live_refresh_and_takes_over_a_stale_one(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path = tmp_path / run_lock.LOCK
+        live = {"host": os.uname().nodename, "pid": sleeper.pid,
+                "start": run_lock._start_time(sleeper.pid), "since": "now"}
+        path.write_text(json.dumps(live))
+        with pytest.raises(run_lock.LockHeld, match=f"pid {sleeper.pid}"):
+            with run_lock.RunLock(tmp_path):
+                pass
+        # Same pid, different start time: the pid was reused, the lock is stale.
+        path.write_text(json.dumps({**live, "start": "1"}))
+        with run_lock.RunLock(tmp_path) as held:
+            assert held.took_over["start"] == "1"
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+            with pytest.raises(run_lock.LockHeld):
+                with run_lock.RunLock(tmp_path):
+                    pass
+        assert not path.exists()
+        path.write_text(json.dumps({**live, "pid": _dead_pid()}))
+        with run_lock.RunLock(tmp_path) as held:
+            assert held.took_over is not None
+        # A lock from another host is never judged from here.
+        path.write_text(json.dumps({**live, "host": "elsewhere", "pid": _dead_pid()}))
+        with pytest.raises(run_lock.LockHeld, match="host elsewhere"):
+            with run_lock.RunLock(tmp_path):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_truncated_parquet_in_an_input_version_names_the_file(spark, make_cfg, tmp_path):
+    src = tmp_path / "e.csv"
+    write(src, communities(n=2))
+    cfg = cfg_for(make_cfg, src)
+    graph = run_ingest(spark, cfg)
+    part = sorted((versioned.resolve(cfg.run_dir, "graph") / "edges").glob("*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(versioned.CorruptFile) as err:
+        run_sample(spark, cfg)
+    assert str(err.value) == (f"graph/{graph.version}: {part} is truncated or corrupted "
+                              f"(100 bytes, no Parquet footer); rebuild the stage (force=true)")
