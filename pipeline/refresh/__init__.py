@@ -166,7 +166,7 @@ def run_refresh(spark: SparkSession, cfg) -> RefreshResult:
             _restore(run_dir, prev)
             raise
         versions, metrics, counts = result
-        if prev is not None and versions == prev["versions"]:
+        if prev is not None and all(versions[s] == prev["versions"].get(s) for s in SERVED):
             raise Refused(f"nothing changed since release/{prev['version']}; not publishing")
         if prev is not None:
             before = float(prev["metrics"][HIT_RATE])
