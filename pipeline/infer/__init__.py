@@ -131,7 +131,10 @@ class _BucketedTables:
 
     def write(self, df: DataFrame, path: str, key: str, name: str) -> DataFrame:
         table = f"{self.prefix}_{name}"
-        df.write.format("parquet").bucketBy(self.buckets, key).option("path", path).saveAsTable(table)
+        # Vectors are random bytes: dictionary pages and compression only cost time.
+        (df.write.format("parquet").bucketBy(self.buckets, key).option("path", path)
+         .option("compression", "none").option("parquet.enable.dictionary", "false")
+         .saveAsTable(table))
         self.names.append(table)
         return self.spark.table(table)
 
@@ -154,6 +157,12 @@ def _session_conf(spark: SparkSession, conf: dict[str, str]):
                 spark.conf.unset(k)
             else:
                 spark.conf.set(k, v)
+
+
+def _write_embeddings(df: DataFrame, path: str) -> None:
+    # Distinct floats: a dictionary page per column chunk is pure overhead.
+    (schemas.conform(df, schemas.EMBEDDINGS, TABLE).write
+     .option("parquet.enable.dictionary", "false").parquet(path))
 
 
 def _input_fn(blob, last: bool, dtype_name: str):
@@ -190,7 +199,7 @@ def embed(spark: SparkSession, items: DataFrame, neighbors: DataFrame, model, sp
             _input_fn(blob, K == 0, message_dtype),
             EMBEDDING_SCHEMA if K == 0 else kernels.LAYER_SCHEMA)
         if K == 0:
-            schemas.conform(h, schemas.EMBEDDINGS, TABLE).write.parquet(out_path)
+            _write_embeddings(h, out_path)
         else:
             edges = tables.write(edge_table(neighbors).repartition(partitions, "nbr"),
                                  f"{work_dir}/edges", "nbr", "edges")
@@ -204,7 +213,7 @@ def embed(spark: SparkSession, items: DataFrame, neighbors: DataFrame, model, sp
                    .mapInArrow(_reduce_fn(blob, k, T, message_dtype),
                                EMBEDDING_SCHEMA if k == K - 1 else kernels.LAYER_SCHEMA))
             if k == K - 1:
-                schemas.conform(out, schemas.EMBEDDINGS, TABLE).write.parquet(out_path)
+                _write_embeddings(out, out_path)
             else:
                 layer = tables.write(out, f"{work_dir}/h{k + 1}", "node", f"h{k + 1}")
             seconds.append(time.perf_counter() - t0)
