@@ -32,6 +32,10 @@ def ml(spark, tmp_path_factory):
     from pipeline.ingest import run_ingest
     from pipeline.sampling import run_sample
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"run_dir={tmp_path_factory.mktemp('ml')}"])
+        # Pinned: these tests check pairs of consecutive items and the hard-negative
+        # curriculum, whatever the tuned defaults (pair_window 3, no hard negatives).
+        cfg = compose("config", overrides=[f"run_dir={tmp_path_factory.mktemp('ml')}",
+                                           "sample.pair_window=1", "train.epochs=3",
+                                           "train.max_hard_negatives=3"])
     run_ingest(spark, cfg)
     return cfg, run_sample(spark, cfg)
