@@ -49,9 +49,12 @@ def training_curves(tb_dir: Path | None, out: Path) -> str | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (title, ts) in zip(axes[0], panels):
         for t in sorted(ts):
-            ev = acc.Scalars(t)
-            ax.plot([e.step for e in ev], [e.value for e in ev], label=t,
-                    marker="o" if len(ev) < 20 else None)
+            # A forced re-run or a resume writes another event file into the same
+            # directory: the latest value of each step wins.
+            latest = {e.step: e.value for e in sorted(acc.Scalars(t), key=lambda e: e.wall_time)}
+            steps = sorted(latest)
+            ax.plot(steps, [latest[s] for s in steps], label=t,
+                    marker="o" if len(steps) < 20 else None)
         ax.set_xlabel("step")
         ax.set_title(title)
         ax.legend(fontsize=8)
