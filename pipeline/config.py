@@ -69,7 +69,7 @@ class SampleConfig:
 @dataclass
 class ModelConfig:
     num_layers: int = 2
-    hidden_dim: int = 64
+    hidden_dim: int = 128            # tuned on validation (64 -> 128)
     aggregator: str = "importance"
     id_embedding: str = "on"
     id_buckets: int = 100_000
