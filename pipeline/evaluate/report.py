@@ -38,6 +38,7 @@ def training_curves(tb_dir: Path | None, out: Path) -> str | None:
     if tb_dir is None or not tb_dir.is_dir():
         return "no TensorBoard logs for the evaluated model"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # one INFO line per event file
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
     tags = acc.Tags().get("scalars", [])
