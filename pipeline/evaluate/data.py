@@ -109,9 +109,7 @@ def load(run_dir: str, kind: str = "test", split_version: str | None = None,
 
     ``max_queries`` > 0 keeps a seeded sample of that many held-out pairs.
     """
-    split_version = split_version or versioned.latest_version(run_dir, "split")
-    if split_version is None:
-        raise PipelineError(f"evaluation needs the 'split' stage in {run_dir}; run jobs/sample.py first")
+    split_version = split_version or versioned.latest_inputs(run_dir, ("split",), "evaluation")["split"]
     graph_version = versioned.read_manifest(run_dir, "split", split_version)["inputs"]["graph"]
     g = versioned.read_manifest(run_dir, "graph", graph_version)
     queries, targets = read_holdout(run_dir, split_version, kind)

@@ -70,18 +70,6 @@ def _validate(cfg) -> None:
         raise PipelineError("infer.batch_rows must be >= 1")
 
 
-def _inputs(run_dir: str) -> dict[str, str]:
-    out = {}
-    for stage, job in ((MODEL_STAGE, "jobs/train.py"), ("neighbors", "jobs/sample.py"),
-                       ("graph", "jobs/ingest.py")):
-        version = versioned.latest_version(run_dir, stage)
-        if version is None:
-            raise PipelineError(f"inference needs the '{stage}' stage in {run_dir}; "
-                                f"run {job} first")
-        out[stage] = version
-    return out
-
-
 def check_compatible(spec: dict, cfg_model, feature_dim: int, num_neighbors: int) -> None:
     """The published model must fit the configuration, the graph's features and the neighbours."""
     for name in MODEL_FIELDS:
@@ -228,7 +216,7 @@ def run_infer(spark: SparkSession, cfg) -> InferResult:
     """Embed every item of the latest graph with the latest model; publish ``embeddings``."""
     _validate(cfg)
     i, run_dir = cfg.infer, cfg.run_dir
-    inputs = _inputs(run_dir)
+    inputs = versioned.latest_inputs(run_dir, (MODEL_STAGE, "neighbors", "graph"), "inference")
     params = {"message_dtype": i.message_dtype}
     fp = versioned.fingerprint({"code": pipeline.__version__, "stage": STAGE, "inputs": inputs,
                                 "params": params})

@@ -78,6 +78,24 @@ def latest_version(run_dir: str | os.PathLike, stage: str) -> str | None:
     return name or None
 
 
+# The job that publishes each stage, named in "run ... first" errors.
+PRODUCERS = {"graph": "jobs/ingest.py", "split": "jobs/sample.py", "neighbors": "jobs/sample.py",
+             "pairs": "jobs/sample.py", "batches": "jobs/sample.py", "model": "jobs/train.py",
+             "embeddings": "jobs/infer.py", "index": "jobs/evaluate.py", "eval": "jobs/evaluate.py"}
+
+
+def latest_inputs(run_dir: str | os.PathLike, stages: tuple[str, ...], purpose: str) -> dict[str, str]:
+    """The latest version of each stage a job reads, or an error naming the job to run first."""
+    out = {}
+    for stage in stages:
+        version = latest_version(run_dir, stage)
+        if version is None:
+            raise PipelineError(f"{purpose} needs the '{stage}' stage in {run_dir}; "
+                                f"run {PRODUCERS[stage]} first")
+        out[stage] = version
+    return out
+
+
 def list_versions(run_dir: str | os.PathLike, stage: str) -> list[str]:
     """Complete versions of a stage, oldest first."""
     root = stage_dir(run_dir, stage)

@@ -126,17 +126,6 @@ def _schedule(optimizer, kind: str, total_steps: int):
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps))))
 
 
-def _inputs(run_dir: str) -> dict[str, str]:
-    out = {}
-    for stage in ("graph", "split", "neighbors", "batches"):
-        version = versioned.latest_version(run_dir, stage)
-        if version is None:
-            raise PipelineError(f"training needs the '{stage}' stage in {run_dir}; "
-                                f"run jobs/ingest.py and jobs/sample.py first")
-        out[stage] = version
-    return out
-
-
 def _feature_store(run_dir: str, graph_version: str) -> FeatureStore:
     """The items' features as a memory-mapped array, built once per graph version."""
     path = Path(run_dir) / "_cache" / f"features-{graph_version}.npy"
@@ -155,7 +144,8 @@ def run_train(cfg, *, stop_after_epoch: int | None = None) -> TrainResult:
     t, m, run_dir = cfg.train, cfg.model, cfg.run_dir
     device = _device(t.device)
     ddp = _init_distributed(device)
-    inputs = _inputs(run_dir)
+    inputs = versioned.latest_inputs(run_dir, ("graph", "split", "neighbors", "batches"),
+                                     "training")
     params = {"model": OmegaConf.to_container(m, resolve=True),
               "train": {k: v for k, v in OmegaConf.to_container(t, resolve=True).items()
                         if k not in ("resume", "prefetch", "num_workers", "device")},
