@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
@@ -18,7 +17,7 @@ import scipy.sparse as sp
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
 from pipeline.io.kinds import ITEM
-from pipeline.train.features import FeatureStore, build_feature_store
+from pipeline.train.features import cached_feature_store
 
 KINDS = ("validation", "test")
 
@@ -48,14 +47,6 @@ def item_degree(src: np.ndarray, dst: np.ndarray, n_items: int) -> np.ndarray:
     """Interactions per item in the given edges (both ends count on item-item graphs)."""
     ends = np.concatenate([dst, src])
     return np.bincount(ends[ends < n_items], minlength=n_items).astype(np.float64)
-
-
-def feature_store(run_dir: str, graph_version: str) -> FeatureStore:
-    """The items' features, memory-mapped; the same cache file the trainer builds."""
-    path = Path(run_dir) / "_cache" / f"features-{graph_version}.npy"
-    if not path.exists():
-        build_feature_store(versioned.resolve(run_dir, "graph", graph_version) / "nodes", path)
-    return FeatureStore.open(path)
 
 
 @dataclass
@@ -99,7 +90,7 @@ class EvalData:
         return m
 
     def features(self) -> np.ndarray:
-        store = feature_store(self.run_dir, self.graph_version)
+        store = cached_feature_store(self.run_dir, self.graph_version)
         return store.gather(np.arange(store.num_items))
 
 

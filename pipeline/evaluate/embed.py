@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import torch
 
-from pipeline.evaluate.data import feature_store
+from pipeline.train.features import cached_feature_store
 from pipeline.io import versioned
 from pipeline.io.arrays import dense_neighbors
 
@@ -22,7 +22,7 @@ def embed_items(run_dir: str, model_version: str | None = None) -> np.ndarray:
     from pipeline.train.trainer import load_model
     model, manifest = load_model(run_dir, model_version)
     inputs = manifest["inputs"]
-    store = feature_store(run_dir, inputs["graph"])
+    store = cached_feature_store(run_dir, inputs["graph"])
     n, T = store.num_items, int(manifest["model"]["num_neighbors"])
     nb_dir = versioned.resolve(run_dir, "neighbors", inputs["neighbors"]) / "neighbors"
     ids, w = dense_neighbors(ds.dataset(str(nb_dir), format="parquet").to_table(), n, T)

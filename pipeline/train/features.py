@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from pipeline.io import versioned
 from pipeline.io.kinds import ITEM
 
 
@@ -110,3 +111,11 @@ def build_feature_store(nodes_parquet_dir: str | os.PathLike,
         tmp.unlink(missing_ok=True)
         raise
     return FeatureStore.open(out)
+
+
+def cached_feature_store(run_dir: str | os.PathLike, graph_version: str) -> FeatureStore:
+    """The items' features of a graph version, memory-mapped; built once, shared by every stage."""
+    path = Path(run_dir) / "_cache" / f"features-{graph_version}.npy"
+    if not path.exists():
+        build_feature_store(versioned.resolve(run_dir, "graph", graph_version) / "nodes", path)
+    return FeatureStore.open(path)

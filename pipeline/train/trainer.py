@@ -26,7 +26,7 @@ from pipeline.errors import PipelineError
 from pipeline.io import versioned
 from pipeline.model import build_model, max_margin_loss
 from pipeline.train import checkpoint, validation
-from pipeline.train.features import FeatureStore, build_feature_store
+from pipeline.train.features import cached_feature_store
 from pipeline.train.loader import BatchLoader, Minibatch, list_batch_files
 
 log = logging.getLogger(__name__)
@@ -126,15 +126,6 @@ def _schedule(optimizer, kind: str, total_steps: int):
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps))))
 
 
-def _feature_store(run_dir: str, graph_version: str) -> FeatureStore:
-    """The items' features as a memory-mapped array, built once per graph version."""
-    path = Path(run_dir) / "_cache" / f"features-{graph_version}.npy"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        build_feature_store(versioned.resolve(run_dir, "graph", graph_version) / "nodes", path)
-    return FeatureStore.open(path)
-
-
 def run_train(cfg, *, stop_after_epoch: int | None = None) -> TrainResult:
     """Train on the latest minibatches; publish the ``model`` stage (rank 0).
 
@@ -158,7 +149,7 @@ def run_train(cfg, *, stop_after_epoch: int | None = None) -> TrainResult:
         return TrainResult(existing, manifest.get("history", []), reused=True)
 
     seed_everything(int(cfg.seed))
-    store = _feature_store(run_dir, inputs["graph"])
+    store = cached_feature_store(run_dir, inputs["graph"])
     batches_dir = versioned.resolve(run_dir, "batches", inputs["batches"])
     b_manifest = versioned.read_manifest(run_dir, "batches", inputs["batches"])
     if b_manifest["counts"]["num_layers"] != m.num_layers:
