@@ -24,10 +24,11 @@ def main(cfg) -> None:
         print(f"release/{rollback(cfg.run_dir)} is current again")
         return
     result = run_refresh(cli.spark_for(cfg, "refresh"), cfg)
-    n = result.counts["neighbors"]
+    n, e = result.counts["neighbors"], result.counts["embeddings"]
     print(f"release/{result.version}: hit_rate@10 {result.metrics['hit_rate@10']:.4f}, "
           f"neighbourhoods recomputed for {n['recomputed_items']} items "
-          f"(reused {n['reused_items']}), {result.counts['seconds']}s")
+          f"(reused {n['reused_items']}), embeddings for {e['recomputed_items']} "
+          f"(reused {e['reused_items']}), {result.counts['seconds']}s")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,16 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.infer import kernels, run_infer
+from pipeline.infer import incremental, kernels, run_infer
 from pipeline.io import versioned
 from pipeline.io.arrays import dense_neighbors
 from pipeline.io.embeddings import read_embeddings
 from pipeline.model import AGGREGATORS, PinSage
 
 FEATURE_DIM, HIDDEN, T = 5, 8, 4
+# Widths from 16 up: MKL computes narrower outputs (8 here) with a row's bits
+# depending on its position in the call, so bit-exact comparisons use this.
+WIDE = 16
 TRAINED, ADDED, USERS = 40, 3, 6   # items the model was trained on, items added later, users
 N_ITEMS = TRAINED + ADDED
 
@@ -45,29 +48,40 @@ def synthetic(seed: int = 0):
     return features, neighbors
 
 
+def publish_graph(run_dir: str, features: np.ndarray, neighbors: pa.Table,
+                  id_map: str | None = None) -> None:
+    """The ``graph`` and ``neighbors`` stages as ingest and sampling would publish them.
+
+    ``id_map``: the graph version this one's numbering was carried over from.
+    """
+    n = len(features)
+    users = list(range(n, n + USERS))
+    nodes = pa.table({
+        "node": pa.array(list(range(n)) + users, pa.int64()),
+        "id": pa.array([f"item-{i}" for i in range(n)] + [f"user-{u}" for u in users]),
+        "type": pa.array(["item"] * n + ["user"] * USERS),
+        "features": pa.array([f.tolist() for f in features] + [[]] * USERS,
+                             pa.list_(pa.float32()))})
+    with versioned.publish(run_dir, "graph", f"g{n}-{id_map}",
+                           inputs={"id_map": id_map} if id_map else {}) as out:
+        Path(out.table_path("nodes")).mkdir()
+        pq.write_table(nodes, Path(out.table_path("nodes")) / "part-0.parquet")
+        out.manifest["counts"] = {"feature_dim": FEATURE_DIM, "nodes": {"item": n, "user": USERS}}
+    with versioned.publish(run_dir, "neighbors", f"n{n}-{id_map}",
+                           config={"num_neighbors": T}) as out:
+        Path(out.table_path("neighbors")).mkdir()
+        pq.write_table(neighbors, Path(out.table_path("neighbors")) / "part-0.parquet")
+
+
 def publish_inputs(run_dir: str, model: PinSage, features: np.ndarray, neighbors: pa.Table,
                    id_embedding: str = "on") -> None:
     """The ``graph``, ``neighbors`` and ``model`` stages as their jobs would publish them."""
-    users = list(range(N_ITEMS, N_ITEMS + USERS))
-    nodes = pa.table({
-        "node": pa.array(list(range(N_ITEMS)) + users, pa.int64()),
-        "id": pa.array([f"item-{i}" for i in range(N_ITEMS)] + [f"user-{u}" for u in users]),
-        "type": pa.array(["item"] * N_ITEMS + ["user"] * USERS),
-        "features": pa.array([f.tolist() for f in features] + [[]] * USERS,
-                             pa.list_(pa.float32()))})
-    with versioned.publish(run_dir, "graph", "g") as out:
-        Path(out.table_path("nodes")).mkdir()
-        pq.write_table(nodes, Path(out.table_path("nodes")) / "part-0.parquet")
-        out.manifest["counts"] = {"feature_dim": FEATURE_DIM,
-                                  "nodes": {"item": N_ITEMS, "user": USERS}}
-    with versioned.publish(run_dir, "neighbors", "n", config={"num_neighbors": T}) as out:
-        Path(out.table_path("neighbors")).mkdir()
-        pq.write_table(neighbors, Path(out.table_path("neighbors")) / "part-0.parquet")
+    publish_graph(run_dir, features, neighbors)
     with versioned.publish(run_dir, "model", "m") as out:
         torch.save(model.state_dict(), out.path / "model.pt")
         out.manifest["model"] = {"feature_dim": FEATURE_DIM, "num_items": TRAINED,
                                  "num_neighbors": T, "num_layers": model.num_layers,
-                                 "hidden_dim": HIDDEN, "aggregator": model.aggregator,
+                                 "hidden_dim": model.hidden_dim, "aggregator": model.aggregator,
                                  "id_embedding": id_embedding, "id_buckets": 11}
 
 
@@ -78,14 +92,15 @@ def reference(model: PinSage, features: np.ndarray, neighbors: pa.Table) -> np.n
                                       torch.from_numpy(nbr), torch.from_numpy(w)).numpy()
 
 
-def setup(make_cfg, agg: str, num_layers: int = 2, id_embedding: str = "on", *overrides: str):
+def setup(make_cfg, agg: str, num_layers: int = 2, id_embedding: str = "on", *overrides: str,
+          hidden: int = HIDDEN):
     torch.manual_seed(1)
-    model = PinSage(FEATURE_DIM, HIDDEN, num_layers, agg, num_items=TRAINED,
+    model = PinSage(FEATURE_DIM, hidden, num_layers, agg, num_items=TRAINED,
                     id_embedding=id_embedding, id_buckets=11).eval()
     features, neighbors = synthetic()
     # Small Arrow batches, so that nodes straddle batch boundaries in the reduce.
     cfg = make_cfg(f"model.aggregator={agg}", f"model.num_layers={num_layers}",
-                   f"model.hidden_dim={HIDDEN}", f"model.id_embedding={id_embedding}",
+                   f"model.hidden_dim={hidden}", f"model.id_embedding={id_embedding}",
                    "infer.batch_rows=13", "infer.partitions=3", *overrides)
     publish_inputs(cfg.run_dir, model, features, neighbors, id_embedding)
     return cfg, model, features, neighbors
@@ -163,3 +178,119 @@ def test_vector_cells_round_trip():
     for name, dtype in kernels.MESSAGE_DTYPES.items():
         back = kernels.decode(kernels.encode(x, dtype).slice(1), 3, dtype)
         torch.testing.assert_close(back, x[1:].to(dtype).float(), rtol=0, atol=0)
+
+
+def receptive_brute(nbrs: list[list[int]], sources: set[int], hops: int) -> set[int]:
+    """Items with a node of ``sources`` within ``hops`` steps along their neighbour lists."""
+    return {v for v in range(len(nbrs))
+            if any(u in sources for u in _ball(nbrs, v, hops))}
+
+
+def _ball(nbrs, v, hops):
+    seen, frontier = {v}, {v}
+    for _ in range(hops):
+        frontier = {u for x in frontier for u in nbrs[x]} - seen
+        seen |= frontier
+    return seen
+
+
+@pytest.mark.parametrize("num_layers", [0, 1, 2, 3])
+def test_levels_against_brute_force(num_layers):
+    g = np.random.default_rng(num_layers)
+    n = 60
+    lists = [list(g.choice(n, size=int(g.integers(0, 4)), replace=False)) for _ in range(n)]
+    nbrs = np.full((n, 3), -1, np.int64)
+    for v, ls in enumerate(lists):
+        nbrs[v, :len(ls)] = ls
+    changed = np.array([5, 17, 40])
+    depth = incremental.levels(nbrs, changed, num_layers)
+    affected = receptive_brute(lists, set(changed.tolist()), num_layers)
+    assert set(np.flatnonzero(depth == num_layers).tolist()) == affected
+    assert 0 < len(affected) < n
+    for k in range(num_layers + 1):      # needed after k convolutions: within K-k hops of one
+        need = {v for a in affected for v in _ball(lists, a, num_layers - k)}
+        assert set(np.flatnonzero(depth >= k).tolist()) == need
+
+
+def test_a_node_gets_the_same_bits_in_any_batch():
+    """What lets incremental inference equal a full run: no result depends on batch-mates."""
+    g = torch.Generator().manual_seed(3)
+    for agg in AGGREGATORS:
+        torch.manual_seed(2)
+        model = PinSage(FEATURE_DIM, WIDE, 1, agg, num_items=TRAINED).eval()
+        conv = model.convs[0]
+        n = kernels.CHUNK_ROWS + 37
+        node = torch.randint(0, N_ITEMS, (n,), generator=g)
+        feats = torch.randn(n, FEATURE_DIM, generator=g)
+        h = torch.randn(n, WIDE, generator=g)
+        msgs = torch.randn(n, T, conv.message_dim, generator=g)
+        w, mask = torch.rand(n, T, generator=g), torch.rand(n, T, generator=g) > 0.3
+        perm = torch.randperm(n, generator=g)
+        sub = perm[:50]                                   # the same rows, other batch-mates
+        with torch.no_grad():
+            for fn, xs in ((model.input_layer, (node, feats)), (conv.message, (h,)),
+                           (conv.combine, (h, msgs, w, mask))):
+                full = kernels.fixed_shape(fn, *xs)
+                torch.testing.assert_close(kernels.fixed_shape(fn, *(x[perm] for x in xs)),
+                                           full[perm], rtol=0, atol=0)
+                torch.testing.assert_close(kernels.fixed_shape(fn, *(x[sub] for x in xs)),
+                                           full[sub], rtol=0, atol=0)
+
+
+def changed_graph(features: np.ndarray, neighbors: pa.Table):
+    """New features for item 2, a new neighbour list for item 11, two new items."""
+    g = np.random.default_rng(7)
+    features = np.concatenate([features, g.normal(size=(2, FEATURE_DIM)).astype(np.float32)])
+    features[2] += 1
+    rows = neighbors.to_pylist()
+    for r in rows:
+        if r["node"] == 11:
+            r["neighbors"], r["weights"] = [N_ITEMS, 2], [0.75, 0.25]
+    rows.append({"node": N_ITEMS, "neighbors": [11], "weights": [1.0]})
+    return features, pa.Table.from_pylist(rows, schema=neighbors.schema), rows
+
+
+@pytest.mark.parametrize("agg,num_layers", [("gated", 2), ("max", 1)])
+def test_incremental_equals_a_full_run(spark, make_cfg, agg, num_layers):
+    cfg, model, features, neighbors = setup(make_cfg, agg, num_layers, hidden=WIDE)
+    first = run_infer(spark, cfg)
+    new_features, new_neighbors, rows = changed_graph(features, neighbors)
+    publish_graph(cfg.run_dir, new_features, new_neighbors,
+                  id_map=versioned.latest_version(cfg.run_dir, "graph"))
+    inc = run_infer(spark, cfg, embeddings_from=first.version)
+    cfg.force = True
+    full = run_infer(spark, cfg)
+    assert inc.version != full.version and full.counts["reused_items"] == 0
+
+    a, b = read_embeddings(cfg.run_dir, inc.version), read_embeddings(cfg.run_dir, full.version)
+    np.testing.assert_array_equal(a.node, np.arange(N_ITEMS + 2))
+    assert a.id == b.id
+    np.testing.assert_array_equal(a.matrix, b.matrix)       # bit for bit
+    lists = [[] for _ in range(N_ITEMS + 2)]
+    for r in rows:
+        lists[r["node"]] = r["neighbors"]
+    # Item 2's features, item 11's list and the new items changed (item 41 has no list).
+    affected = receptive_brute(lists, {2, 11, N_ITEMS, N_ITEMS + 1}, num_layers)
+    c = inc.counts
+    assert (c["changed_items"], c["recomputed_items"]) == (4, len(affected))
+    assert c["reused_items"] == N_ITEMS + 2 - len(affected) > 0
+    assert c["reused_from"] == first.version
+    old = read_embeddings(cfg.run_dir, first.version)
+    same = [v for v in range(N_ITEMS) if v not in affected]
+    np.testing.assert_array_equal(a.matrix[same], old.matrix[same])
+
+
+def test_incremental_refuses_another_model(spark, make_cfg):
+    cfg, model, features, neighbors = setup(make_cfg, "mean", 1)
+    first = run_infer(spark, cfg)
+    with versioned.publish(cfg.run_dir, "model", "m2") as out:
+        torch.save(model.state_dict(), out.path / "model.pt")
+        out.manifest["model"] = versioned.read_manifest(cfg.run_dir, "model",
+                                                        first_model(cfg.run_dir))["model"]
+    again = run_infer(spark, cfg, embeddings_from=first.version)
+    assert again.counts["reused_items"] == 0 and again.counts["recomputed_items"] == N_ITEMS
+    assert again.counts["not_reused_because"] == f"it was made with model/{first_model(cfg.run_dir)}"
+
+
+def first_model(run_dir: str) -> str:
+    return versioned.list_versions(run_dir, "model")[0]

@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
@@ -101,13 +103,26 @@ def test_refresh_release_gate_rollback_and_pruning(spark, make_cfg, tmp_path, mo
     with pytest.raises(Refused, match=f"nothing changed since release/{first.version}"):
         run_refresh(spark, cfg)
 
+    full_dir = tmp_path / "full"                       # the same history, refreshed in full
+    shutil.copytree(cfg.run_dir, full_dir)
     write(src, changed(rows))
     second = run_refresh(spark, cfg)
     assert second.previous == first.version
     assert second.versions["model"] == first.versions["model"]          # no retraining
-    n = second.counts["neighbors"]
+    n, e = second.counts["neighbors"], second.counts["embeddings"]
     assert n["reused_from"] == first.versions["neighbors"] and 0 < n["recomputed_items"] < 40
     assert n["reused_items"] > 180
+    assert e["reused_from"] == first.versions["embeddings"] and e["changed_items"] > 0
+    assert n["recomputed_items"] <= e["recomputed_items"] < 60 and e["reused_items"] > 180
+    full = run_refresh(spark, cfg_for(make_cfg, src, f"run_dir={full_dir}",
+                                      "refresh.incremental=false"))
+    assert full.counts["embeddings"]["reused_items"] == 0
+    for stage in ("neighbors", "embeddings"):
+        for table in ("neighbors", "hard_candidates") if stage == "neighbors" else ("embeddings",):
+            a, b = (pq.read_table(versioned.resolve(d, stage, r.versions[stage]) / table)
+                    for d, r in ((cfg.run_dir, second), (full_dir, full)))
+            assert a.sort_by("node").equals(b.sort_by("node")), (stage, table)
+    assert full.metrics == second.metrics
     manifest = versioned.read_manifest(cfg.run_dir, "release")
     assert manifest["versions"] == second.versions and manifest["counts"] == second.counts
 

@@ -30,12 +30,14 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import pipeline
 from pipeline.errors import PipelineError
-from pipeline.infer import kernels
+from pipeline.infer import incremental, kernels
 from pipeline.io import schemas, versioned
 from pipeline.io.embeddings import STAGE, TABLE
 from pipeline.train.trainer import STAGE as MODEL_STAGE
@@ -93,13 +95,21 @@ def edge_table(neighbors: DataFrame) -> DataFrame:
                         F.col("weights")[F.col("slot")].alias("weight"))
 
 
-def reduce_input(edges: DataFrame, layer: DataFrame) -> DataFrame:
-    """Rows of ``REDUCE_SCHEMA``: each node's own ``h`` and the messages of its neighbours."""
+def reduce_input(edges: DataFrame, layer: DataFrame, keep: DataFrame | None = None) -> DataFrame:
+    """Rows of ``REDUCE_SCHEMA``: each node's own ``h`` and the messages of its neighbours.
+
+    ``keep`` (``node``): reduce only these nodes (the kernel drops messages to
+    a node without its own row).
+    """
     msgs = layer.select(F.col("node").alias("nbr"), "msg").hint("shuffle_hash")
     sent = edges.join(msgs, "nbr").select(
         "node", F.lit(None).cast("string").alias("id"), "slot", "weight",
         F.col("msg").alias("payload"))
-    own = layer.select("node", "id", F.lit(kernels.SELF_SLOT).alias("slot"),
+    if keep is not None:
+        layer_own = layer.join(keep.select("node"), "node", "left_semi")
+    else:
+        layer_own = layer
+    own = layer_own.select("node", "id", F.lit(kernels.SELF_SLOT).alias("slot"),
                        F.lit(0.0).cast("float").alias("weight"), F.col("h").alias("payload"))
     return own.unionByName(sent)
 
@@ -170,12 +180,16 @@ def _reduce_fn(blob, k: int, num_neighbors: int, dtype_name: str):
 
 
 def embed(spark: SparkSession, items: DataFrame, neighbors: DataFrame, model, spec: dict, *,
-          work_dir: str, out_path: str, partitions: int, message_dtype: str) -> list[float]:
+          work_dir: str, out_path: str, partitions: int, message_dtype: str,
+          depth: DataFrame | None = None) -> list[float]:
     """Write every item's embedding (``schemas.EMBEDDINGS``) to ``out_path``.
 
     ``items``: ``(node, id, features)``; ``neighbors``: ``schemas.NEIGHBORS``.
-    Layer tables go under ``work_dir``. Returns the seconds spent on the input
-    layer (with the edge table) and on each convolution.
+    ``depth`` (``node, depth``): compute only these items, each up to
+    ``depth`` convolutions, and embed those with ``depth = K``
+    (:mod:`pipeline.infer.incremental`). Layer tables go under ``work_dir``.
+    Returns the seconds spent on the input layer (with the edge table) and on
+    each convolution.
     """
     K, T = model.num_layers, int(spec["num_neighbors"])
     blob = spark.sparkContext.broadcast(kernels.ModelBlob.of(model, spec))
@@ -183,6 +197,11 @@ def embed(spark: SparkSession, items: DataFrame, neighbors: DataFrame, model, sp
     seconds = []
     try:
         t0 = time.perf_counter()
+        if depth is not None:
+            depth = tables.write(depth.repartition(partitions, "node"), f"{work_dir}/depth",
+                                 "node", "depth")
+            items = items.join(depth, "node", "left_semi")
+            neighbors = neighbors.join(depth.where(F.col("depth") >= 1), "node", "left_semi")
         h = items.repartition(partitions, "node").mapInArrow(
             _input_fn(blob, K == 0, message_dtype),
             EMBEDDING_SCHEMA if K == 0 else kernels.LAYER_SCHEMA)
@@ -196,7 +215,8 @@ def embed(spark: SparkSession, items: DataFrame, neighbors: DataFrame, model, sp
         log.info("input layer%s in %.1fs", "" if K == 0 else " and edge table", seconds[-1])
         for k in range(K):
             t0 = time.perf_counter()
-            out = (reduce_input(edges, layer).repartition(partitions, "node")
+            keep = depth.where(F.col("depth") >= k + 1) if depth is not None else None
+            out = (reduce_input(edges, layer, keep).repartition(partitions, "node")
                    .sortWithinPartitions("node", "slot")
                    .mapInArrow(_reduce_fn(blob, k, T, message_dtype),
                                EMBEDDING_SCHEMA if k == K - 1 else kernels.LAYER_SCHEMA))
@@ -212,14 +232,42 @@ def embed(spark: SparkSession, items: DataFrame, neighbors: DataFrame, model, sp
     return seconds
 
 
-def run_infer(spark: SparkSession, cfg) -> InferResult:
-    """Embed every item of the latest graph with the latest model; publish ``embeddings``."""
+def _embed_changed(spark: SparkSession, run_dir: str, plan: incremental.Plan, items: DataFrame,
+                   neighbors: DataFrame, model, spec: dict, *, work_dir: str, out_path: str,
+                   partitions: int, message_dtype: str) -> list[float]:
+    """Embed the plan's affected items; copy every other row from the previous version."""
+    prev_dir = versioned.check_version(run_dir, STAGE, plan.previous)
+    kept = spark.read.parquet(str(prev_dir / TABLE)).select("node", "embedding")
+    seconds: list[float] = []
+    if plan.recomputed:
+        depth = spark.createDataFrame(pa.table({"node": plan.node,
+                                                "depth": plan.depth.astype(np.int32)}).to_pandas())
+        fresh_path = f"{work_dir}/recomputed"
+        seconds = embed(spark, items, neighbors, model, spec, work_dir=work_dir,
+                        out_path=fresh_path, partitions=partitions, message_dtype=message_dtype,
+                        depth=depth)
+        fresh = spark.read.parquet(fresh_path)
+        kept = kept.join(fresh.select("node"), "node", "left_anti")
+    merged = kept.join(items.select("node", "id"), "node").select("node", "id", "embedding")
+    if plan.recomputed:
+        merged = merged.unionByName(fresh.select("node", "id", "embedding"))
+    _write_embeddings(merged, out_path)
+    return seconds
+
+
+def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -> InferResult:
+    """Embed every item of the latest graph with the latest model; publish ``embeddings``.
+
+    ``embeddings_from``: a previous ``embeddings`` version whose rows are
+    reused for every item whose receptive field did not change
+    (:mod:`pipeline.infer.incremental`); the table equals a full run's, so the
+    fingerprint is the same.
+    """
     _validate(cfg)
     i, run_dir = cfg.infer, cfg.run_dir
     inputs = versioned.latest_inputs(run_dir, (MODEL_STAGE, "neighbors", "graph"), "inference")
-    params = {"message_dtype": i.message_dtype}
-    fp = versioned.fingerprint({"code": pipeline.__version__, "stage": STAGE, "inputs": inputs,
-                                "params": params})
+    params = {"message_dtype": i.message_dtype, "code": pipeline.__version__}
+    fp = versioned.fingerprint({"stage": STAGE, "inputs": inputs, "params": params})
     found = versioned.find_matching(run_dir, STAGE, fp)
     if found and not cfg.force:
         log.info("%s/%s already built from these inputs; reusing it", STAGE, found)
@@ -250,31 +298,51 @@ def run_infer(spark: SparkSession, cfg) -> InferResult:
         raise PipelineError(f"items have {stats['min_dim']} to {stats['max_dim']} features, "
                             f"the model expects {spec['feature_dim']}")
     with_nbrs = items.join(neighbors.where(F.size("neighbors") > 0), "node", "left_semi").count()
+    T = int(spec["num_neighbors"])
+    plan, why = (incremental.plan(spark, run_dir, embeddings_from, inputs, params, items, neighbors,
+                                  n_items=n_items, num_neighbors=T, num_layers=model.num_layers)
+                 if embeddings_from else (None, ""))
+    if why:
+        log.info("embedding every item: cannot reuse embeddings/%s: %s", embeddings_from, why)
+    computed = n_items if plan is None else len(plan.node)
     partitions = i.partitions or max(2 * spark.sparkContext.defaultParallelism, math.ceil(
-        n_items * (int(spec["num_neighbors"]) + 1) / REDUCE_ROWS_PER_PARTITION))
+        computed * (T + 1) / REDUCE_ROWS_PER_PARTITION))
     log.info("embedding %d items with model/%s (%d layers, %s) in %d partitions",
-             n_items, inputs[MODEL_STAGE], model.num_layers, spec["aggregator"], partitions)
+             n_items if plan is None else plan.recomputed, inputs[MODEL_STAGE], model.num_layers,
+             spec["aggregator"], partitions)
 
     with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs,
                            keep=cfg.keep_versions) as out:
         work_dir = out.path / "_layers"
         with _session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
                                    str(i.batch_rows)}):
-            seconds = embed(spark, items, neighbors, model, spec, work_dir=str(work_dir),
-                            out_path=out.table_path(TABLE), partitions=partitions,
-                            message_dtype=i.message_dtype)
+            if plan is None:
+                seconds = embed(spark, items, neighbors, model, spec, work_dir=str(work_dir),
+                                out_path=out.table_path(TABLE), partitions=partitions,
+                                message_dtype=i.message_dtype)
+            else:
+                seconds = _embed_changed(spark, run_dir, plan, items, neighbors, model, spec,
+                                         work_dir=str(work_dir), out_path=out.table_path(TABLE),
+                                         partitions=partitions, message_dtype=i.message_dtype)
         shutil.rmtree(work_dir, ignore_errors=True)
         total = time.perf_counter() - t0
         counts = {"items": n_items, "empty_neighborhoods": n_items - with_nbrs,
                   "unseen_items": int(stats["unseen"] or 0), "num_layers": model.num_layers,
                   "dim": spec["hidden_dim"], "partitions": partitions,
                   "message_dtype": i.message_dtype,
+                  "recomputed_items": n_items if plan is None else plan.recomputed,
+                  "reused_items": 0 if plan is None else plan.reused,
+                  "reused_from": None if plan is None else plan.previous,
+                  "changed_items": None if plan is None else plan.changed_items,
+                  "not_reused_because": why or None,
+                  "computed_items": computed,
                   "seconds_per_layer": [round(s, 2) for s in seconds],
                   "seconds": round(total, 2), "items_per_second": round(n_items / total)}
         out.manifest.update({"counts": counts,
                              "schema": {TABLE: schemas.describe(schemas.EMBEDDINGS)}})
-    log.info("embeddings: %d items in %.1fs (%d with no neighbours, %d unseen by the model)",
-             n_items, total, counts["empty_neighborhoods"], counts["unseen_items"])
+    log.info("embeddings: %d items in %.1fs (%d re-embedded, %d with no neighbours, %d unseen by "
+             "the model)", n_items, total, counts["recomputed_items"],
+             counts["empty_neighborhoods"], counts["unseen_items"])
     return InferResult(out.version, False, counts)
 
 

@@ -32,6 +32,12 @@ EMBEDDING_ARROW = pa.schema([("node", pa.int64()), ("id", pa.string()),
                              ("embedding", pa.list_(pa.float32()))])
 # Slot of the row that carries a node's own representation in a reduce input.
 SELF_SLOT = -1
+# Rows per model call. Matrix kernels pick their blocking (hence their rounding)
+# from the shapes, so every call sees exactly this many rows, the last chunk
+# zero-padded: a node's bits never depend on which nodes share its batch, and a
+# run over any partitioning, or over only the changed part of the graph
+# (:mod:`pipeline.infer.incremental`), equals a full run bit for bit.
+CHUNK_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -105,10 +111,23 @@ def _features(batch: pa.RecordBatch, dim: int) -> torch.Tensor | None:
                             .reshape(len(batch), dim))
 
 
+def fixed_shape(fn, *xs: torch.Tensor) -> torch.Tensor:
+    """``fn`` applied row-wise to ``xs`` in calls of exactly ``CHUNK_ROWS`` rows."""
+    n = xs[0].shape[0]
+    out = []
+    for start in range(0, n, CHUNK_ROWS):
+        part = [x[start:start + CHUNK_ROWS] for x in xs]
+        m = part[0].shape[0]
+        if m < CHUNK_ROWS:
+            part = [torch.cat([p, p.new_zeros((CHUNK_ROWS - m, *p.shape[1:]))]) for p in part]
+        out.append(fn(*part)[:m])
+    return torch.cat(out) if out else fn(*xs)
+
+
 def layer_batch(model: PinSage, k: int, node: np.ndarray, ids: pa.Array, h: torch.Tensor,
                 message_dtype: torch.dtype) -> pa.RecordBatch:
     """Rows of ``LAYER_SCHEMA``: ``h`` after ``k`` convolutions and conv ``k``'s message."""
-    msg = model.convs[k].message(h)
+    msg = fixed_shape(model.convs[k].message, h)
     return pa.RecordBatch.from_arrays(
         [pa.array(node, pa.int64()), ids, encode(h), encode(msg, message_dtype)],
         schema=LAYER_ARROW)
@@ -116,7 +135,7 @@ def layer_batch(model: PinSage, k: int, node: np.ndarray, ids: pa.Array, h: torc
 
 def embedding_batch(node: np.ndarray, ids: pa.Array, h: torch.Tensor) -> pa.RecordBatch:
     """Rows of ``schemas.EMBEDDINGS``: the final representations, L2-normalised."""
-    z = F.normalize(h, dim=-1, eps=1e-12).contiguous().numpy().astype(np.float32, copy=False)
+    z = fixed_shape(lambda x: F.normalize(x, dim=-1, eps=1e-12), h).contiguous().numpy().astype(np.float32, copy=False)
     n, d = z.shape
     emb = pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)[:n + 1]),
                                    pa.array(z.reshape(-1)))
@@ -132,7 +151,9 @@ def input_layer(model: PinSage, batches: Iterator[pa.RecordBatch], *, last: bool
             continue
         node = _numpy(rb, "node", np.int64)
         with torch.no_grad():
-            h = model.input_layer(torch.tensor(node), _features(rb, model.feature_dim))
+            feats = _features(rb, model.feature_dim)
+            h = (fixed_shape(model.input_layer, torch.tensor(node), feats) if feats is not None
+                 else fixed_shape(lambda n: model.input_layer(n, None), torch.tensor(node)))
             yield (embedding_batch(node, rb.column("id"), h) if last
                    else layer_batch(model, 0, node, rb.column("id"), h, message_dtype))
 
@@ -218,7 +239,7 @@ def reduce_layer(model: PinSage, k: int, batches: Iterator[pa.RecordBatch], *,
         msgs, weight, mask = dense_messages(rows.node_s, rows.node_m, rows.slot_m, rows.w_m,
                                             rows.msg, num_neighbors)
         with torch.no_grad():
-            h = conv.combine(rows.h, msgs, weight, mask)
+            h = fixed_shape(conv.combine, rows.h, msgs, weight, mask)
             return (embedding_batch(rows.node_s, rows.id_s, h) if last
                     else layer_batch(model, k + 1, rows.node_s, rows.id_s, h, message_dtype))
 

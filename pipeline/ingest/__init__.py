@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 import pipeline
 from pipeline.ingest import graph, sources, validate
 from pipeline.io import schemas, versioned
+from pipeline.io.kinds import RETIRED_ID
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _ingest(spark: SparkSession, cfg) -> IngestResult:
         counts["nodes"] = by_type
         counts["nodes_out"] = sum(by_type.values())
         counts["retired_nodes"] = {r["type"]: int(r["count"]) for r in
-                                   written.where(F.col("id") == graph.RETIRED_ID)
+                                   written.where(F.col("id") == RETIRED_ID)
                                    .groupBy("type").count().collect()}
         out.manifest.update({
             "counts": counts,
@@ -127,4 +128,23 @@ def read_graph(spark: SparkSession, run_dir: str, version: str | None = None):
     return nodes, edges, manifest
 
 
-__all__ = ["run_ingest", "read_graph", "IngestResult", "STAGE"]
+def numbered_from(run_dir: str, graph_version: str, ancestor: str) -> bool:
+    """Whether ``graph_version``'s id map was carried over (possibly via others) from ``ancestor``.
+
+    Then every item keeps the number it had in ``ancestor``, which is what
+    lets incremental sampling and inference reuse rows by node number.
+    """
+    seen = set()
+    version = graph_version
+    while version and version not in seen:
+        if version == ancestor:
+            return True
+        seen.add(version)
+        try:
+            version = versioned.read_manifest(run_dir, STAGE, version).get("inputs", {}).get("id_map")
+        except (versioned.StageNotFound, FileNotFoundError):
+            return False
+    return False
+
+
+__all__ = ["run_ingest", "read_graph", "numbered_from", "IngestResult", "STAGE"]

@@ -5,10 +5,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipeline.io import schemas
+from pipeline.io.kinds import RETIRED_ID
 from pipeline.spark import index_rows
-
-
-RETIRED_ID = ""  # the id of a retired number's placeholder row; never a valid id
 
 
 def _order(df: DataFrame) -> tuple:

@@ -198,7 +198,9 @@ def _run(spark, cfg, prev, run_ingest, run_sample, run_infer):
         versions["model"] = run_train(cfg).version
     else:
         versions["model"] = versioned.latest_version(cfg.run_dir, "model")
-    infer = run_infer(spark, cfg)
+    embeddings_from = (prev["versions"]["embeddings"]
+                       if prev is not None and r.incremental and not r.retrain else None)
+    infer = run_infer(spark, cfg, embeddings_from=embeddings_from)
     versions["embeddings"] = infer.version
     metrics, versions["index"] = evaluate(cfg, infer.version)
     nb = sample.counts.get("neighbors", {})
@@ -207,7 +209,8 @@ def _run(spark, cfg, prev, run_ingest, run_sample, run_infer):
                             "reused_items": nb.get("reused_items", 0),
                             "reused_from": nb.get("reused_from"),
                             "changed_edges": nb.get("changed_edges")},
-              "embeddings": {"recomputed_items": infer.counts.get("items"), "reused_items": 0},
+              "embeddings": {k: infer.counts.get(k) for k in ("recomputed_items", "reused_items",
+                                                              "reused_from", "changed_items")},
               "reused_stages": sorted(set(sample.reused) | ({"graph"} if graph.reused else set())
                                       | ({"embeddings"} if infer.reused else set()))}
     return versions, metrics, counts

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import scipy.sparse as sp
 
+from pipeline.ingest import numbered_from
 from pipeline.io import versioned
 
 log = logging.getLogger(__name__)
@@ -50,21 +51,6 @@ def _edges(run_dir: str, split_version: str) -> tuple[np.ndarray, np.ndarray, np
             t.column("weight").to_numpy().astype(np.float32))
 
 
-def _numbered_from(run_dir: str, graph_version: str, ancestor: str) -> bool:
-    """Whether ``graph_version``'s id map was carried over (possibly via others) from ``ancestor``."""
-    seen = set()
-    version = graph_version
-    while version and version not in seen:
-        if version == ancestor:
-            return True
-        seen.add(version)
-        try:
-            version = versioned.read_manifest(run_dir, "graph", version).get("inputs", {}).get("id_map")
-        except (versioned.StageNotFound, FileNotFoundError):
-            return False
-    return False
-
-
 def plan(run_dir: str, previous: str, split_version: str, walk_params: dict, window: tuple,
          n_items: int, n_nodes: int, bipartite: bool) -> tuple[Plan | None, str]:
     """Items to walk again from ``previous`` (a ``neighbors`` version), or ``(None, reason)``."""
@@ -80,7 +66,7 @@ def plan(run_dir: str, previous: str, split_version: str, walk_params: dict, win
         return None, "walk parameters changed"
     if list(prev["counts"]["hard_window_ranks"]) != list(window):
         return None, "the hard-negative window moved with the catalogue size"
-    if bool(pg["bipartite"]) != bipartite or not _numbered_from(run_dir, graph, prev_graph):
+    if bool(pg["bipartite"]) != bipartite or not numbered_from(run_dir, graph, prev_graph):
         return None, f"graph/{graph} is not numbered from graph/{prev_graph}"
     old_items = int(pg["counts"]["nodes"].get("item", 0))
     if old_items > n_items:
