@@ -12,6 +12,7 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate import baselines, index as ann, metrics as M, print_summary, run_evaluate
 from pipeline.evaluate.data import EvalData
 from pipeline.io import versioned
+from pipeline.io.kinds import RETIRED_ID
 
 # --- metrics ---------------------------------------------------------------------------------
 
@@ -19,6 +20,8 @@ from pipeline.io import versioned
 def test_drop_query_keeps_order_and_k_items():
     top = np.array([[3, 1, 2], [1, 2, 3], [4, 5, -1]])
     assert M.drop_query(top, np.array([1, 9, 4]), 2).tolist() == [[3, 2], [1, 2], [5, -1]]
+    # Fewer columns than k + 1 (a catalogue smaller than k + 1): the query never stays.
+    assert M.drop_query(top, np.array([2, 9, 5]), 3).tolist() == [[3, 1, -1], [1, 2, 3], [4, -1, -1]]
 
 
 def test_hit_rate_and_mrr_match_brute_force():
@@ -278,3 +281,28 @@ def test_bad_eval_config(small_run):
         run_evaluate(OmegaConf.merge(cfg, {"eval": {"baselines": ["magic"]}}))
     with pytest.raises(PipelineError, match="eval.kind must be one of"):
         run_evaluate(OmegaConf.merge(cfg, {"eval": {"kind": "train"}}))
+
+
+def test_removed_items_are_left_out_of_the_served_index(small_run, tmp_path):
+    """Placeholders of removed items keep an embedding row but are never served."""
+    from pipeline import similar_items
+    from pipeline.evaluate.index import publish_index
+    cfg, _, _ = small_run
+    matrix = _unit(30, 8, seed=9)
+    ids = [f"m{i}" for i in range(30)]
+    retired = [2, 5, 17]
+    for r in retired:
+        ids[r] = RETIRED_ID
+    emb = publish_embeddings(str(tmp_path), matrix, ids, {})
+    result = publish_index(str(tmp_path), cfg.eval, emb, np.array([0, 2, 3, 29]))
+    counts = result.manifest["counts"]
+    assert (counts["items"], counts["retired_items_left_out"], counts["recall_queries"]) == (27, 3, 3)
+    live = [i for i in range(30) if i not in retired]
+    got, _ = similar_items(str(tmp_path), [ids[0], ids[29]], k=27)
+    for q, row in zip([0, 29], got):
+        sims = matrix[live] @ matrix[q]
+        expect = [ids[live[j]] for j in np.argsort(-sims) if live[j] != q]
+        assert RETIRED_ID not in row and len(row) == 26
+        assert row[:5] == expect[:5] and set(row) == set(expect)
+    with pytest.raises(PipelineError, match="1 of 1 ids are not items"):
+        similar_items(str(tmp_path), [RETIRED_ID], k=3)

@@ -24,6 +24,7 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate.metrics import drop_query
 from pipeline.io import versioned
 from pipeline.io.embeddings import read_embeddings
+from pipeline.io.kinds import RETIRED_ID
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,11 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
                   *, keep: int = 3, force: bool = False, seed: int = 0) -> IndexResult:
     """Build the approximate index over the published embeddings; publish stage ``index``.
 
-    Recall@K (K in ``ev.ks``) is measured against the exact index on
-    ``queries`` (row numbers of the embedding matrix, e.g. the test queries).
+    Only live items are served: placeholders of removed items (id
+    ``RETIRED_ID``) keep an embedding row, so that items stay ``0 .. n-1``
+    for evaluation, but are left out of the index. Recall@K (K in ``ev.ks``)
+    is measured against the exact index on ``queries`` (row numbers of the
+    embedding matrix, e.g. the test queries).
     """
     # Spark's schema types, imported only here: serving (similar_items) needs no PySpark.
     from pyspark.sql.pandas.types import to_arrow_schema
@@ -121,33 +125,39 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
     if found and not force:
         return IndexResult(found, True, versioned.read_manifest(run_dir, STAGE, found))
     emb = read_embeddings(run_dir, embeddings_version)
+    live = np.array([i != RETIRED_ID for i in emb.id], dtype=bool)
+    row_of = np.cumsum(live) - 1                 # embedding row -> index row (live rows)
+    queries = row_of[queries[live[queries]]]
+    matrix, node = emb.matrix[live], emb.node[live]
+    ids = [i for i, ok in zip(emb.id, live) if ok]
     t0 = time.perf_counter()
-    index = approximate_index(emb.matrix, ev.index, m=ev.index_m,
+    index = approximate_index(matrix, ev.index, m=ev.index_m,
                               ef_construction=ev.index_ef_construction,
                               ef_search=ev.index_ef_search, nlist=ev.index_nlist,
                               nprobe=ev.index_nprobe, seed=seed)
     build_s = time.perf_counter() - t0
     kmax = max(ev.ks)
-    exact_top, _ = search(exact_index(emb.matrix), emb.matrix, queries, kmax)
+    exact_top, _ = search(exact_index(matrix), matrix, queries, kmax)
     t0 = time.perf_counter()
-    approx_top, _ = search(index, emb.matrix, queries, kmax)
+    approx_top, _ = search(index, matrix, queries, kmax)
     search_s = time.perf_counter() - t0
     quality = {f"recall@{k}": round(recall(approx_top, exact_top, k), 4) for k in ev.ks}
     with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs, keep=keep) as out:
         faiss.write_index(index, str(out.path / INDEX_FILE))
-        table = pa.table({"node": pa.array(emb.node, pa.int64()), "id": pa.array(emb.id, pa.string())},
+        table = pa.table({"node": pa.array(node, pa.int64()), "id": pa.array(ids, pa.string())},
                          schema=to_arrow_schema(schemas.INDEX_ITEMS))
         (out.path / ITEMS_TABLE).mkdir()
         pq.write_table(table, out.path / ITEMS_TABLE / "part-0.parquet")
         out.manifest.update({
-            "counts": {"items": int(emb.matrix.shape[0]), "dim": int(emb.matrix.shape[1]),
+            "counts": {"items": int(matrix.shape[0]), "dim": int(matrix.shape[1]),
+                       "retired_items_left_out": int((~live).sum()),
                        "recall_queries": int(len(queries))},
             "quality": quality,
             "seconds": {"build": round(build_s, 3),
                         "search_per_query_ms": round(1000 * search_s / max(1, len(queries)), 4)},
             "schema": {ITEMS_TABLE: schemas.describe(schemas.INDEX_ITEMS)},
         })
-    log.info("index/%s: %s over %d items, %s", out.version, ev.index, emb.matrix.shape[0], quality)
+    log.info("index/%s: %s over %d items, %s", out.version, ev.index, matrix.shape[0], quality)
     return IndexResult(out.version, False, versioned.read_manifest(run_dir, STAGE, out.version))
 
 

@@ -20,7 +20,7 @@ def drop_query(top: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     keep = top != np.asarray(queries, dtype=np.int64)[:, None]
     # Stable sort of "dropped" flags moves the query to the end, order kept.
     order = np.argsort(~keep, axis=1, kind="stable")
-    out = np.take_along_axis(top, order, axis=1)[:, :k]
+    out = np.take_along_axis(np.where(keep, top, -1), order, axis=1)[:, :k]
     if out.shape[1] < k:
         out = np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values=-1)
     return out
