@@ -24,6 +24,12 @@ def test_drop_query_keeps_order_and_k_items():
     assert M.drop_query(top, np.array([2, 9, 5]), 3).tolist() == [[3, 1, -1], [1, 2, 3], [4, -1, -1]]
 
 
+def test_only_items_drops_ruled_out_items_in_order():
+    top = np.array([[3, 1, 2], [0, 4, -1]])
+    allowed = np.array([True, False, True, True, False])
+    assert M.only_items(top, allowed).tolist() == [[3, 2, -1], [0, -1, -1]]
+
+
 def test_hit_rate_and_mrr_match_brute_force():
     g = np.random.default_rng(0)
     n_items, n_q, ks = 30, 200, [1, 5, 10]
@@ -86,6 +92,29 @@ def test_exact_index_equals_numpy_brute_force():
     assert not (top == q[:, None]).any()
 
 
+def test_placeholders_are_never_ranked():
+    """Evaluation and validation rank live items only, however close a placeholder sits."""
+    import torch
+
+    from pipeline.train.validation import hit_rate
+    x = _unit(200, 16, seed=3)
+    live = np.ones(200, bool)
+    live[[4, 50, 51, 120]] = False
+    x[50] = x[10]                                          # a placeholder on top of item 10
+    q = np.array([10, 0, 199, 77])
+    top = baselines.embedding_topk(x, q, 8, live)
+    s = x[q] @ x.T
+    s[:, ~live] = -np.inf
+    s[np.arange(len(q)), q] = -np.inf
+    assert np.array_equal(top, np.argsort(-s, axis=1, kind="stable")[:, :8])
+    assert 50 in baselines.embedding_topk(x, q, 8)[0]       # what leaving them out prevents
+    targets = np.array([50, top[1, 0], top[2, 7], top[3, 0]])
+    expect = np.mean([t in row for t, row in zip(targets, top)])
+    got = hit_rate(torch.from_numpy(x), torch.from_numpy(q), torch.from_numpy(targets), 8,
+                   torch.from_numpy(live))
+    assert got == expect == 0.75
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_index_recall(kind):
     x = _unit(2000, 16)
@@ -104,7 +133,8 @@ def _tiny(src, dst, n_items, n_nodes, weight=None, bipartite=True):
     w = np.ones(len(src), np.float32) if weight is None else np.asarray(weight, np.float32)
     return EvalData(run_dir="", graph_version="", split_version="", n_items=n_items, n_nodes=n_nodes,
                     bipartite=bipartite, feature_names=[], queries=np.zeros(0, np.int64),
-                    targets=np.zeros(0, np.int64), src=src, dst=dst, weight=w)
+                    targets=np.zeros(0, np.int64), live=np.ones(n_items, bool), src=src, dst=dst,
+                    weight=w)
 
 
 # Items 0-3, users 4-6: u4 {0, 1}, u5 {0, 1, 2}, u6 {1, 2}; item 3 has no interaction.

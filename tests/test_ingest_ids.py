@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from pyspark.sql import functions as F
 
+from pipeline.evaluate.data import read_live_items
 from pipeline.ingest import read_graph, run_ingest
 from pipeline.io import versioned
 from pipeline.sampling import run_sample
@@ -60,6 +61,8 @@ def test_ids_stay_stable_across_new_removed_and_renamed_nodes(spark, make_cfg, t
                      (7, "u1", "user"), (8, "u2", "user"), (9, "", "user"), (10, "", "user"),
                      (11, "u5", "user")]
     assert manifest["counts"]["retired_nodes"] == {"item": 3, "user": 2}
+    live = read_live_items(cfg.run_dir, versioned.latest_version(cfg.run_dir, "graph"), 7)
+    assert live.tolist() == [True, False, True, False, False, True, True]
 
     # Downstream works on a graph with retired numbers: the feature store is
     # dense (zeros for placeholders) and sampling gives placeholders no neighbours.

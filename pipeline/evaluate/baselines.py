@@ -89,12 +89,22 @@ def als(data: EvalData, queries: np.ndarray, k: int, *, factors: int, iterations
     return drop_query(ids, queries, k)
 
 
-def embedding_topk(matrix: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact inner-product top-k over item vectors (row = item id)."""
-    top, _ = ann.search(ann.exact_index(matrix), matrix, np.asarray(queries, np.int64), k)
-    return top
+def embedding_topk(matrix: np.ndarray, queries: np.ndarray, k: int,
+                   live: np.ndarray | None = None) -> np.ndarray:
+    """Exact inner-product top-k over item vectors (row = item id), live items only."""
+    queries = np.asarray(queries, np.int64)
+    if live is None or live.all():
+        top, _ = ann.search(ann.exact_index(matrix), matrix, queries, k)
+        return top
+    items = np.flatnonzero(live)
+    row_of = np.cumsum(live) - 1                  # item id -> row among the live items
+    if not live[queries].all():
+        raise ValueError("a query is a removed item's placeholder")
+    sub = matrix[items]
+    top, _ = ann.search(ann.exact_index(sub), sub, row_of[queries], k)
+    return np.where(top >= 0, items[np.maximum(top, 0)], -1)
 
 
 def features_only(data: EvalData, queries: np.ndarray, k: int) -> np.ndarray:
     """Cosine of the items' input features (L2-normalised rows; all-zero rows stay zero)."""
-    return embedding_topk(normalize(data.features()), queries, k)
+    return embedding_topk(normalize(data.features()), queries, k, data.live)

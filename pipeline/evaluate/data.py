@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
-from pipeline.io.kinds import ITEM
+from pipeline.io.kinds import ITEM, RETIRED_ID
 from pipeline.train.features import cached_feature_store
 
 KINDS = ("validation", "test")
@@ -43,6 +43,18 @@ def read_train_edges(run_dir: str, split_version: str) -> tuple[np.ndarray, np.n
             t.column("weight").to_numpy().astype(np.float32))
 
 
+def read_live_items(run_dir: str, graph_version: str, n_items: int) -> np.ndarray:
+    """Mask over item ids: False for placeholders of removed items (never ranked, never served)."""
+    path = versioned.resolve(run_dir, "graph", graph_version) / "nodes"
+    t = ds.dataset(str(path), format="parquet").to_table(
+        filter=pc.field("type") == ITEM, columns=["node", "id"])
+    live = np.ones(n_items, dtype=bool)
+    retired = t.column("node").to_numpy()[pc.equal(t.column("id"), RETIRED_ID).to_numpy(
+        zero_copy_only=False)]
+    live[retired[retired < n_items]] = False
+    return live
+
+
 def item_degree(src: np.ndarray, dst: np.ndarray, n_items: int) -> np.ndarray:
     """Interactions per item in the given edges (both ends count on item-item graphs)."""
     ends = np.concatenate([dst, src])
@@ -62,6 +74,7 @@ class EvalData:
     feature_names: list[str]
     queries: np.ndarray      # held-out queries (item ids)
     targets: np.ndarray      # the items that should be retrieved for them
+    live: np.ndarray         # False for removed items' placeholders, which are never ranked
     src: np.ndarray          # training edges only
     dst: np.ndarray
     weight: np.ndarray
@@ -110,8 +123,11 @@ def load(run_dir: str, kind: str = "test", split_version: str | None = None,
         keep = np.sort(np.random.default_rng(seed).choice(len(queries), max_queries, replace=False))
         queries, targets = queries[keep], targets[keep]
     src, dst, weight = read_train_edges(run_dir, split_version)
+    n_items = int(g["counts"]["nodes"].get(ITEM, 0))
     return EvalData(run_dir=run_dir, graph_version=graph_version, split_version=split_version,
-                    n_items=int(g["counts"]["nodes"].get(ITEM, 0)),
+                    n_items=n_items,
                     n_nodes=int(g["counts"]["nodes_out"]), bipartite=bool(g["bipartite"]),
                     feature_names=list(g.get("feature_names") or []) if g["counts"].get("feature_dim")
-                    else [], queries=queries, targets=targets, src=src, dst=dst, weight=weight)
+                    else [], queries=queries, targets=targets,
+                    live=read_live_items(run_dir, graph_version, n_items), src=src, dst=dst,
+                    weight=weight)

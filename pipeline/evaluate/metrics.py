@@ -10,6 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def _compact(top: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` kept entries of each row, order kept, ``-1`` padding the rest."""
+    # Stable sort of "dropped" flags moves dropped entries to the end, order kept.
+    order = np.argsort(~keep, axis=1, kind="stable")
+    out = np.take_along_axis(np.where(keep, top, -1), order, axis=1)[:, :k]
+    if out.shape[1] < k:
+        out = np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values=-1)
+    return out
+
+
 def drop_query(top: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """The first ``k`` items of each row of ``top`` that are not the row's query.
 
@@ -17,13 +27,18 @@ def drop_query(top: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     or not the query came back among them; ``-1`` entries stay as padding.
     """
     top = np.asarray(top, dtype=np.int64)
-    keep = top != np.asarray(queries, dtype=np.int64)[:, None]
-    # Stable sort of "dropped" flags moves the query to the end, order kept.
-    order = np.argsort(~keep, axis=1, kind="stable")
-    out = np.take_along_axis(np.where(keep, top, -1), order, axis=1)[:, :k]
-    if out.shape[1] < k:
-        out = np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values=-1)
-    return out
+    return _compact(top, top != np.asarray(queries, dtype=np.int64)[:, None], k)
+
+
+def only_items(top: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """``top`` without the items ``allowed`` (a mask over item ids) rules out, order kept.
+
+    Placeholders of removed items are never a recommendation, whichever
+    method ranked them.
+    """
+    top = np.asarray(top, dtype=np.int64)
+    keep = (top >= 0) & np.asarray(allowed, dtype=bool)[np.maximum(top, 0)]
+    return _compact(top, keep, top.shape[1])
 
 
 def target_ranks(top: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -140,7 +140,7 @@ def run_evaluate(cfg) -> EvalResult:
 
     notes: dict[str, str] = {}
     methods = _methods(cfg, data, kmax, notes)
-    methods[OURS] = lambda q: baselines.embedding_topk(emb.matrix, q, kmax)
+    methods[OURS] = lambda q: baselines.embedding_topk(emb.matrix, q, kmax, data.live)
     origin = lineage(run_dir, "embeddings", emb.version)
     model_manifest = (versioned.read_manifest(run_dir, "model", origin["model"])
                       if "model" in origin else None)
@@ -156,14 +156,14 @@ def run_evaluate(cfg) -> EvalResult:
             def run_variant(q, agg=agg, name=name):
                 matrix, version = train_and_embed(cfg, agg)
                 variants[name] = version
-                return baselines.embedding_topk(matrix, q, kmax)
+                return baselines.embedding_topk(matrix, q, kmax, data.live)
             methods[name] = run_variant
 
     ranks: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     for name, fn in tqdm(methods.items(), desc="evaluate", unit="method", leave=False):
         t0 = time.perf_counter()
-        top = fn(uniq)
+        top = M.only_items(fn(uniq), data.live)
         seconds[name] = round(time.perf_counter() - t0, 3)
         ranks[name] = M.target_ranks(top[inverse], data.targets)
         log.info("%s: %s in %.1fs", name, M.summarize(ranks[name], ks), seconds[name])

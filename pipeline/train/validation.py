@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import torch
 
-from pipeline.evaluate.data import item_degree, read_holdout, read_train_edges
+from pipeline.evaluate.data import item_degree, read_holdout, read_live_items, read_train_edges
 from pipeline.evaluate.metrics import drop_query, summarize, target_ranks
 from pipeline.io import versioned
 from pipeline.io.arrays import dense_neighbors
@@ -21,14 +21,21 @@ from pipeline.train.loader import BatchLoader, list_batch_files
 QUERY_CHUNK = 1024
 
 
-def hit_rate(embeddings: torch.Tensor, queries: torch.Tensor, targets: torch.Tensor, k: int) -> float:
-    """Share of queries whose target is among the k best inner products, the query excluded."""
+def hit_rate(embeddings: torch.Tensor, queries: torch.Tensor, targets: torch.Tensor, k: int,
+             live: torch.Tensor | None = None) -> float:
+    """Share of queries whose target is among the k best inner products, the query excluded.
+
+    ``live`` (a mask over items) leaves removed items' placeholders out of the ranking.
+    """
     hits = 0
+    candidates = len(embeddings) if live is None else int(live.sum())
     for lo in range(0, len(queries), QUERY_CHUNK):
         q, tgt = queries[lo:lo + QUERY_CHUNK], targets[lo:lo + QUERY_CHUNK]
         s = embeddings[q] @ embeddings.T
+        if live is not None:
+            s[:, ~live] = -torch.inf
         s[torch.arange(len(q)), q] = -torch.inf
-        top = s.topk(min(k, s.shape[1] - 1), dim=1).indices
+        top = s.topk(max(0, min(k, candidates - 1)), dim=1).indices
         hits += int((top == tgt[:, None]).any(dim=1).sum())
     return hits / max(1, len(queries))
 
@@ -57,6 +64,7 @@ class Validator:
         self.features = torch.from_numpy(np.asarray(store.gather(np.arange(n)))).to(device)
         queries, targets = read_holdout(run_dir, inputs["split"], "validation")
         self.queries, self.targets = torch.from_numpy(queries), torch.from_numpy(targets)
+        self.live = torch.from_numpy(read_live_items(run_dir, inputs["graph"], n))
         src, dst, _ = read_train_edges(run_dir, inputs["split"])
         self.popularity_hit_rate = popularity_hit_rate(item_degree(src, dst, n), queries, targets, k)
         batches_dir = versioned.resolve(run_dir, "batches", inputs["batches"])
@@ -68,7 +76,8 @@ class Validator:
     def evaluate(self, model) -> dict:
         from pipeline.model import max_margin_loss
         z = model.full_graph_embed(self.node_ids, self.features, self.nbr, self.nbr_w).cpu()
-        out = {f"val_hit_rate@{self.k}": hit_rate(z, self.queries, self.targets, self.k),
+        out = {f"val_hit_rate@{self.k}": hit_rate(z, self.queries, self.targets, self.k,
+                                                       self.live),
                f"val_popularity_hit_rate@{self.k}": self.popularity_hit_rate}
         losses = []
         if self.val_loader is not None:
