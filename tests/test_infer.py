@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from pyspark.testing import assertDataFrameEqual
 
 from pipeline.errors import PipelineError
 from pipeline.infer import incremental, kernels, run_infer
@@ -98,7 +99,8 @@ def setup(make_cfg, agg: str, num_layers: int = 2, id_embedding: str = "on", *ov
     model = PinSage(FEATURE_DIM, hidden, num_layers, agg, num_items=TRAINED,
                     id_embedding=id_embedding, id_buckets=11).eval()
     features, neighbors = synthetic()
-    # Small Arrow batches, so that nodes straddle batch boundaries in the reduce.
+    # Small Arrow batches, so that a partition's messages span several batches and
+    # the switch to its nodes' own rows falls inside one.
     cfg = make_cfg(f"model.aggregator={agg}", f"model.num_layers={num_layers}",
                    f"model.hidden_dim={hidden}", f"model.id_embedding={id_embedding}",
                    "infer.batch_rows=13", "infer.partitions=3", *overrides)
@@ -171,6 +173,43 @@ def test_clear_errors(spark, make_cfg):
     cfg.infer.message_dtype = "int8"
     with pytest.raises(PipelineError, match="infer.message_dtype"):
         run_infer(spark, cfg)
+
+
+def test_routes_ship_each_message_once_per_partition_and_one_shuffle_per_layer(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    from pipeline.infer import _BucketedTables, _session_conf, reduce_input, routes
+    P = 3
+    _, neighbors = synthetic()
+    nb = spark.createDataFrame(neighbors.to_pandas())
+    part = F.pmod(F.hash("node"), F.lit(P))
+    needed = nb.select(F.explode("neighbors").alias("nbr"), part.alias("part")).distinct()
+    got = routes(nb, P).select("nbr", "to", F.pmod(F.hash("to"), F.lit(P)).alias("part"))
+    # Exactly one row per (neighbour, partition of a node listing it), sent to a
+    # node of that partition that lists it.
+    assert got.count() == needed.count()
+    assertDataFrameEqual(got.select("nbr", "part"), needed)
+    lists = {r["node"]: set(r["neighbors"]) for r in neighbors.to_pylist()}
+    assert all(r["nbr"] in lists[r["to"]] for r in got.collect())
+
+    tables = _BucketedTables(spark, P)
+    layer = spark.createDataFrame([(i, str(i), b"h", b"m") for i in range(N_ITEMS)],
+                                  "node long, id string, h binary, msg binary")
+    try:
+        to = tables.write(routes(nb, P), str(tmp_path / "r"), "nbr", "r")
+        adj = tables.write(nb.select("node", F.lit(b"n").alias("nbrs"), F.lit(b"w").alias("wts"))
+                           .repartition(P, "node"), str(tmp_path / "a"), "node", "a")
+        h = tables.write(layer.repartition(P, "node"), str(tmp_path / "h"), "node", "h")
+        keep = tables.write(layer.select("node").repartition(P, "node"), str(tmp_path / "k"),
+                            "node", "k")
+        # No broadcast joins, as on a large graph.
+        with _session_conf(spark, {"spark.sql.autoBroadcastJoinThreshold": "-1"}):
+            for k in (None, keep):
+                plan = (reduce_input(to, adj, h, T, k).repartition(P, "to")
+                        ._jdf.queryExecution().executedPlan().toString())
+                assert plan.count("Exchange") == 1 and "hashpartitioning(to" in plan, plan
+    finally:
+        tables.drop()
 
 
 def test_vector_cells_round_trip():

@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from pipeline.io.arrays import pad_lists
 from pipeline.model import PinSage, build_model
 
 MESSAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16,
@@ -28,10 +29,13 @@ MESSAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16,
 LAYER_SCHEMA = "node long, id string, h binary, msg binary"
 LAYER_ARROW = pa.schema([("node", pa.int64()), ("id", pa.string()), ("h", pa.binary()),
                          ("msg", pa.binary())])
+# Each node's neighbour list: T int64 ids (-1 padding) and T float32 weights.
+ADJACENCY_SCHEMA = "node long, nbrs binary, wts binary"
+ADJACENCY_ARROW = pa.schema([("node", pa.int64()), ("nbrs", pa.binary()), ("wts", pa.binary())])
 EMBEDDING_ARROW = pa.schema([("node", pa.int64()), ("id", pa.string()),
                              ("embedding", pa.list_(pa.float32()))])
-# Slot of the row that carries a node's own representation in a reduce input.
-SELF_SLOT = -1
+# Kinds of reduce input rows: a neighbour's message, then a node's own row.
+MESSAGE, OWN = 0, 1
 # Rows per model call. Matrix kernels pick their blocking (hence their rounding)
 # from the shapes, so every call sees exactly this many rows, the last chunk
 # zero-padded: a node's bits never depend on which nodes share its batch, and a
@@ -83,18 +87,42 @@ def encode(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> pa.BinaryArra
 
 
 def decode(cells: pa.Array, dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inverse of :func:`encode`: (n, dim) float32, whatever ``dtype`` was shipped."""
+    """Inverse of :func:`encode`: (n, dim) float32, whatever float ``dtype`` was shipped."""
+    return raw(cells, dim, dtype).to(torch.float32)
+
+
+def raw(cells: pa.Array, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (n, dim) ``dtype`` values :func:`encode` wrote into ``cells``."""
     if isinstance(cells, pa.ChunkedArray):
         cells = cells.combine_chunks()
     n = len(cells)
     width = dim * torch.empty(0, dtype=dtype).element_size()
     if n == 0 or width == 0:
-        return torch.zeros((n, dim), dtype=torch.float32)
+        return torch.zeros((n, dim), dtype=dtype)
     offsets = np.frombuffer(cells.buffers()[1], np.int32, count=n + 1, offset=cells.offset * 4)
     if not (np.diff(offsets) == width).all():
         raise ValueError(f"vector cells are not all {width} bytes ({dim} x {dtype})")
-    raw = np.frombuffer(cells.buffers()[2], np.uint8, count=n * width, offset=int(offsets[0]))
-    return torch.from_numpy(raw.copy()).view(dtype).reshape(n, dim).to(torch.float32)
+    data = np.frombuffer(cells.buffers()[2], np.uint8, count=n * width, offset=int(offsets[0]))
+    return torch.from_numpy(data.copy()).view(dtype).reshape(n, dim)
+
+
+def no_neighbors(num_neighbors: int) -> tuple[bytes, bytes]:
+    """The ``ADJACENCY`` cells of a node without a neighbour list."""
+    return (np.full(num_neighbors, -1, np.int64).tobytes(),
+            np.zeros(num_neighbors, np.float32).tobytes())
+
+
+def adjacency(batches: Iterator[pa.RecordBatch], num_neighbors: int) -> Iterator[pa.RecordBatch]:
+    """``neighbors`` rows -> ``ADJACENCY`` rows: each list as fixed-width binary cells.
+
+    Spark turns binary cells into Arrow far faster than arrays, and the reduce
+    ships every node's list in every layer.
+    """
+    for rb in batches:
+        ids, w = pad_lists(rb.column("neighbors"), rb.column("weights"), num_neighbors)
+        yield pa.RecordBatch.from_arrays(
+            [rb.column("node"), encode(torch.from_numpy(ids), torch.int64),
+             encode(torch.from_numpy(w))], schema=ADJACENCY_ARROW)
 
 
 def _numpy(batch: pa.RecordBatch, name: str, dtype) -> np.ndarray:
@@ -158,100 +186,61 @@ def input_layer(model: PinSage, batches: Iterator[pa.RecordBatch], *, last: bool
                    else layer_batch(model, 0, node, rb.column("id"), h, message_dtype))
 
 
-class _Rows:
-    """One reduce batch split into self rows and message rows, as NumPy/PyTorch."""
+def gather_messages(nbr: np.ndarray, weight: np.ndarray, sender: np.ndarray, msg: torch.Tensor):
+    """The trainer's fixed-fanout tensors from padded neighbour lists and the messages at hand.
 
-    def __init__(self, node_s, id_s, h, node_m, slot_m, w_m, msg):
-        self.node_s, self.id_s, self.h = node_s, id_s, h
-        self.node_m, self.slot_m, self.w_m, self.msg = node_m, slot_m, w_m, msg
-
-    @classmethod
-    def of(cls, rb: pa.RecordBatch, in_dim: int, msg_dim: int, dtype: torch.dtype) -> "_Rows":
-        slot = _numpy(rb, "slot", np.int32)
-        is_self = slot == SELF_SLOT
-        own, sent = np.flatnonzero(is_self), np.flatnonzero(~is_self)
-        node = _numpy(rb, "node", np.int64)
-        payload = rb.column("payload")
-        return cls(node[own], rb.column("id").take(pa.array(own)),
-                   decode(payload.take(pa.array(own)), in_dim),
-                   node[sent], slot[sent], _numpy(rb, "weight", np.float32)[sent],
-                   decode(payload.take(pa.array(sent)), msg_dim, dtype))
-
-    def split(self, last_node: int) -> tuple["_Rows", "_Rows"]:
-        """(rows of nodes before ``last_node``, rows of ``last_node``): both inputs sorted."""
-        s = int(np.searchsorted(self.node_s, last_node))
-        m = int(np.searchsorted(self.node_m, last_node))
-        return self._take(slice(0, s), slice(0, m)), self._take(slice(s, None), slice(m, None))
-
-    def _take(self, s: slice, m: slice) -> "_Rows":
-        return _Rows(self.node_s[s], self.id_s[s], self.h[s], self.node_m[m], self.slot_m[m],
-                     self.w_m[m], self.msg[m])
-
-    def __add__(self, other: "_Rows") -> "_Rows":
-        return _Rows(np.concatenate([self.node_s, other.node_s]),
-                     pa.concat_arrays([self.id_s, other.id_s]),
-                     torch.cat([self.h, other.h]), np.concatenate([self.node_m, other.node_m]),
-                     np.concatenate([self.slot_m, other.slot_m]),
-                     np.concatenate([self.w_m, other.w_m]), torch.cat([self.msg, other.msg]))
-
-    def __len__(self) -> int:
-        return len(self.node_s) + len(self.node_m)
-
-
-def dense_messages(node_s: np.ndarray, node_m: np.ndarray, slot_m: np.ndarray, w_m: np.ndarray,
-                   msg: torch.Tensor, num_neighbors: int):
-    """Scatter message rows into the trainer's fixed-fanout tensors.
-
-    Returns ``(msgs (n, T, M), weight (n, T), mask (n, T))`` for the sorted
-    nodes ``node_s``; each message keeps its slot in the ``neighbors`` list, so
-    the tensors are exactly those the in-memory gather builds. A message for a
-    node without a self row (not an item of this graph) is dropped.
+    ``nbr``/``weight`` (n, T): each node's list (-1 padding); ``sender`` (sorted,
+    unique) and ``msg``: the messages this partition received. Returns ``(msgs
+    (n, T, M), weight (n, T), mask (n, T))``; each message keeps its slot, so
+    the tensors are exactly those the in-memory gather builds. A slot whose
+    message did not come (padding, or a neighbour that is not an item) is masked.
     """
-    n = len(node_s)
-    g = np.searchsorted(node_s, node_m)
-    ok = (g < n) & (node_s[np.minimum(g, max(n - 1, 0))] == node_m) if n else np.zeros(len(g), bool)
-    g, s = g[ok], slot_m[ok].astype(np.int64)
-    msgs = torch.zeros((n, num_neighbors, msg.shape[1]), dtype=torch.float32)
-    weight = torch.zeros((n, num_neighbors), dtype=torch.float32)
-    mask = torch.zeros((n, num_neighbors), dtype=torch.bool)
-    gt, st = torch.from_numpy(g), torch.from_numpy(s)
-    msgs[gt, st] = msg[torch.from_numpy(np.flatnonzero(ok))]
-    weight[gt, st] = torch.from_numpy(w_m[ok])
-    mask[gt, st] = True
-    return msgs, weight, mask
+    pos = np.searchsorted(sender, nbr)
+    found = (nbr >= 0) & (pos < len(sender))
+    found[found] = sender[pos[found]] == nbr[found]
+    mask = torch.from_numpy(found)
+    msgs = torch.zeros((*nbr.shape, msg.shape[1]), dtype=torch.float32)
+    msgs[mask] = msg[torch.from_numpy(pos[found])]
+    return msgs, torch.from_numpy(np.where(found, weight, 0).astype(np.float32)), mask
 
 
 def reduce_layer(model: PinSage, k: int, batches: Iterator[pa.RecordBatch], *,
                  num_neighbors: int, message_dtype: torch.dtype) -> Iterator[pa.RecordBatch]:
-    """Conv ``k`` for every node of one partition sorted by ``(node, slot)``.
+    """Conv ``k`` for the nodes of one partition.
 
-    Input rows: ``(node, id, slot, weight, payload)``, the node's own ``h`` at
-    ``slot = SELF_SLOT`` and each neighbour's message at its slot. A node's rows
-    may straddle two Arrow batches, so the last node of each batch waits for
-    the next one. Output: layer ``k + 1`` rows, or the embeddings after the
-    last conv.
+    Input rows (``REDUCE_SCHEMA``), sorted by ``(kind, node)``: first the
+    messages this partition needs (``kind = MESSAGE``, ``node`` = the sender),
+    each once, then each node's own row (``kind = OWN``: ``h`` and its
+    ``ADJACENCY`` cells). Output: layer ``k + 1`` rows, or the embeddings after
+    the last conv.
     """
     conv = model.convs[k]
     last = k == model.num_layers - 1
-    carry: _Rows | None = None
-
-    def run(rows: _Rows) -> pa.RecordBatch:
-        msgs, weight, mask = dense_messages(rows.node_s, rows.node_m, rows.slot_m, rows.w_m,
-                                            rows.msg, num_neighbors)
-        with torch.no_grad():
-            h = fixed_shape(conv.combine, rows.h, msgs, weight, mask)
-            return (embedding_batch(rows.node_s, rows.id_s, h) if last
-                    else layer_batch(model, k + 1, rows.node_s, rows.id_s, h, message_dtype))
-
+    senders, received = [], []
+    sender = msg = None
     for rb in batches:
         if rb.num_rows == 0:
             continue
-        rows = _Rows.of(rb, conv.in_dim, conv.message_dim, message_dtype)
-        if carry is not None:
-            rows = carry + rows
-        tail_node = int(_numpy(rb, "node", np.int64)[-1])
-        done, carry = rows.split(tail_node)
-        if len(done.node_s):
-            yield run(done)
-    if carry is not None and len(carry.node_s):
-        yield run(carry)
+        kind = _numpy(rb, "kind", np.int8)
+        n_msg = int(np.searchsorted(kind, OWN))           # kinds are sorted: messages first
+        if n_msg:
+            senders.append(_numpy(rb, "node", np.int64)[:n_msg])
+            received.append(decode(rb.column("payload").slice(0, n_msg), conv.message_dim,
+                                   message_dtype))
+        if n_msg == rb.num_rows:
+            continue
+        if sender is None:
+            sender = np.concatenate(senders) if senders else np.zeros(0, np.int64)
+            msg = (torch.cat(received) if received
+                   else torch.zeros((0, conv.message_dim), dtype=torch.float32))
+            senders = received = None
+        own = rb.slice(n_msg)
+        nbr = raw(own.column("nbrs"), num_neighbors, torch.int64).numpy()
+        weight = raw(own.column("wts"), num_neighbors, torch.float32).numpy()
+        msgs, weight, mask = gather_messages(nbr, weight, sender, msg)
+        node = _numpy(own, "node", np.int64)
+        with torch.no_grad():
+            h = fixed_shape(conv.combine, decode(own.column("payload"), conv.in_dim), msgs,
+                            weight, mask)
+            yield (embedding_batch(node, own.column("id"), h) if last
+                   else layer_batch(model, k + 1, node, own.column("id"), h, message_dtype))
