@@ -201,7 +201,7 @@ def main() -> None:
         spark_s = time.perf_counter() - t0
         err = np.abs(read_embeddings(tmp).matrix - ref).max()
         print(f"(a) spark bottom-up, local[2]   : {spark_s:8.2f} s  {n / spark_s:10,.0f} nodes/s  "
-              f"(per stage {result.counts['seconds_per_layer']} s; max |a-b| {err:.1e})")
+              f"({result.counts['partitions']} partitions; max |a-b| {err:.1e})")
 
         targets = np.sort(np.random.default_rng(args.seed).choice(
             n, size=min(n, args.naive_targets), replace=False)).astype(np.int64)

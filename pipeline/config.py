@@ -94,7 +94,7 @@ class TrainConfig:
 
 @dataclass
 class InferConfig:
-    partitions: int = 0              # edge and layer table buckets; 0 = auto (see README)
+    partitions: int = 0              # reduce partitions per layer; 0 = auto (see README)
     batch_rows: int = 65536          # rows per Arrow batch handed to PyTorch
     message_dtype: str = "float32"   # float32 (exact) | float16 | bfloat16 (half the shuffle)
 

@@ -6,23 +6,23 @@ layer k is computed exactly once. For k = 1..K:
 
 * **map**: each node's ``h^{k-1}`` gives its message for conv k
   (``PinSageConv.message``; layer 0 is ``PinSage.input_layer``);
-* **join**: the messages meet the *routes*: for each node, the reduce
-  partitions holding nodes that list it as a neighbour;
-* **reduce**: each partition receives every message it needs once, and its
-  nodes' own ``h^{k-1}`` with their neighbour lists; ``PinSageConv.combine``
-  aggregates each node's messages, in their list slots, into ``h^k``.
+* **route**: each message goes, once, to every reduce partition holding a
+  node that lists the sender as a neighbour (the sender's *fanout*);
+* **reduce**: each partition receives the messages its nodes need and the
+  nodes' own rows (``h^{k-1}``, neighbour list); ``PinSageConv.combine``
+  aggregates each node's messages, in their list slots, into ``h^k``, and
+  the same task computes and routes the next layer's messages.
 
 The model is broadcast once and all numeric work runs in ``mapInArrow`` on
 Arrow batches through the trainer's own code (:mod:`pipeline.infer.kernels`).
-One shuffle per layer: the routes (bucketed by ``nbr``) and the neighbour
-lists (bucketed by ``node``) are written once, every layer table bucketed by
-``node`` with the same bucket count, so both joins are bucket-to-bucket with
-no exchange, and each reduce task also computes the next layer's messages.
-What is shuffled is ``N`` own rows plus one message per (sender, partition
-that needs it), at most ``min(in-degree, partitions)`` per sender instead of
-one per edge (about 2.5 N instead of 10 N rows for T = 10 on a power-law
-graph). Layer tables are Parquet in the staging directory, so
-a failed task recomputes its own layer only.
+The neighbour lists are joined with the items and their fanout once; after
+that the K layers are one Spark job with one shuffle each and no join: what
+is shuffled is ``N`` own rows plus one message per (sender, partition that
+needs it), at most ``min(in-degree, partitions)`` per sender instead of one
+per edge (about 2.8 N instead of 10 N rows for T = 10 on a power-law graph
+in 8 partitions). Vectors and lists travel as fixed-width binary cells. A
+failed task re-reads the previous layer's shuffle output, so it recomputes
+its own layer only.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import logging
 import math
 import shutil
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -49,7 +48,6 @@ from pipeline.train.trainer import load_model
 
 log = logging.getLogger(__name__)
 
-REDUCE_SCHEMA = "to long, kind int, node long, id string, payload binary, nbrs binary, wts binary"
 EMBEDDING_SCHEMA = "node long, id string, embedding array<float>"
 # Bound on reduce rows (own h + at most one per neighbour) per bucket when
 # infer.partitions=0: keeps each task's sort and Python memory to a few hundred MB.
@@ -92,70 +90,21 @@ def check_compatible(spec: dict, cfg_model, feature_dim: int, num_neighbors: int
                             f"jobs/sample.py with sample.num_neighbors={spec['num_neighbors']}")
 
 
-def routes(neighbors: DataFrame, partitions: int) -> DataFrame:
-    """``(nbr, to)``: one row per neighbour and reduce partition that needs its message.
+def fanout(neighbors: DataFrame, partitions: int) -> DataFrame:
+    """``(node, fanout)``: for each listed neighbour, one node of every partition listing it.
 
-    The reduce partition of a node is Spark's hash partition of ``node``
-    (``pmod(hash(node), partitions)``, as ``repartition`` computes it), and
-    ``to`` is one node of that partition, so shuffling a message row by
-    ``to`` lands it where all the node's readers in that partition are. A
-    popular neighbour thus ships its message at most ``partitions`` times, not
-    once per edge.
+    A node's reduce partition is Spark's hash partition of ``node``
+    (``pmod(hash(node), partitions)``, as ``repartition`` computes it), so a
+    message shuffled by a ``to`` taken from the sender's fanout lands where all
+    its readers in that partition are: a popular neighbour ships its message
+    at most ``partitions`` times, not once per edge.
     """
     part = F.pmod(F.hash("node"), F.lit(partitions)).alias("part")
     pairs = neighbors.select("node", F.explode("neighbors").alias("nbr"))
     return (pairs.repartition(partitions, "nbr").groupBy("nbr", part)
-            .agg(F.min("node").alias("to")).select("nbr", "to"))
-
-
-def reduce_input(routes: DataFrame, adjacency: DataFrame, layer: DataFrame, num_neighbors: int,
-                 keep: DataFrame | None = None) -> DataFrame:
-    """Rows of ``REDUCE_SCHEMA`` keyed by ``to``: the messages each partition needs, once,
-    and each node's own ``h`` with its neighbour list (``kernels.ADJACENCY_SCHEMA``).
-
-    ``keep`` (``node``): reduce only these nodes.
-    """
-    # Hash joins of co-bucketed tables: no exchange and no sort before the shuffle.
-    msgs = layer.select(F.col("node").alias("nbr"), "msg").hint("shuffle_hash")
-    sent = routes.join(msgs, "nbr").select(
-        "to", F.lit(kernels.MESSAGE).alias("kind"), F.col("nbr").alias("node"),
-        F.lit(None).cast("string").alias("id"), F.col("msg").alias("payload"),
-        F.lit(None).cast("binary").alias("nbrs"), F.lit(None).cast("binary").alias("wts"))
-    if keep is not None:
-        layer = layer.join(keep.select("node"), "node", "left_semi")
-    no_ids, no_weights = kernels.no_neighbors(num_neighbors)
-    own = layer.join(adjacency.hint("shuffle_hash"), "node", "left").select(
-        F.col("node").alias("to"), F.lit(kernels.OWN).alias("kind"), "node", "id",
-        F.col("h").alias("payload"), F.coalesce("nbrs", F.lit(no_ids)).alias("nbrs"),
-        F.coalesce("wts", F.lit(no_weights)).alias("wts"))
-    return own.unionByName(sent)
-
-
-class _BucketedTables:
-    """Parquet tables bucketed by a key, registered under unique names for this run.
-
-    Bucketing is what lets Spark join two tables with the same bucket count
-    without a shuffle, and it lives in the catalog, hence the (external,
-    session-only) tables; dropping them leaves the files to the caller.
-    """
-
-    def __init__(self, spark: SparkSession, buckets: int):
-        self.spark, self.buckets = spark, buckets
-        self.prefix = f"pinsage_infer_{uuid.uuid4().hex[:12]}"
-        self.names: list[str] = []
-
-    def write(self, df: DataFrame, path: str, key: str, name: str) -> DataFrame:
-        table = f"{self.prefix}_{name}"
-        # Vectors are random bytes: dictionary pages and compression only cost time.
-        (df.write.format("parquet").bucketBy(self.buckets, key).option("path", path)
-         .option("compression", "none").option("parquet.enable.dictionary", "false")
-         .saveAsTable(table))
-        self.names.append(table)
-        return self.spark.table(table)
-
-    def drop(self) -> None:
-        for table in self.names:
-            self.spark.sql(f"DROP TABLE IF EXISTS {table}")
+            .agg(F.min("node").alias("to")).groupBy("nbr")
+            .agg(F.sort_array(F.collect_list("to")).alias("fanout"))
+            .select(F.col("nbr").alias("node"), "fanout"))
 
 
 @contextmanager
@@ -180,17 +129,11 @@ def _write_embeddings(df: DataFrame, path: str) -> None:
      .option("parquet.enable.dictionary", "false").parquet(path))
 
 
-def _input_fn(blob, last: bool, dtype_name: str):
+def _input_fn(blob, num_neighbors: int, dtype_name: str):
     def run(batches):
         model = kernels.model_of(blob.value)
-        yield from kernels.input_layer(model, batches, last=last,
+        yield from kernels.input_layer(model, batches, num_neighbors=num_neighbors,
                                        message_dtype=kernels.MESSAGE_DTYPES[dtype_name])
-    return run
-
-
-def _adjacency_fn(num_neighbors: int):
-    def run(batches):
-        yield from kernels.adjacency(batches, num_neighbors)
     return run
 
 
@@ -202,82 +145,66 @@ def _reduce_fn(blob, k: int, num_neighbors: int, dtype_name: str):
     return run
 
 
-def embed(spark: SparkSession, items: DataFrame, neighbors: DataFrame, model, spec: dict, *,
-          work_dir: str, out_path: str, partitions: int, message_dtype: str,
-          depth: DataFrame | None = None) -> list[float]:
-    """Write every item's embedding (``schemas.EMBEDDINGS``) to ``out_path``.
+def layers(items: DataFrame, neighbors: DataFrame, blob, *, num_layers: int, num_neighbors: int,
+           partitions: int, message_dtype: str, depth: DataFrame | None = None) -> DataFrame:
+    """The embeddings (``EMBEDDING_SCHEMA``) of ``items``, as one lazy Spark plan.
 
     ``items``: ``(node, id, features)``; ``neighbors``: ``schemas.NEIGHBORS``.
     ``depth`` (``node, depth``): compute only these items, each up to
     ``depth`` convolutions, and embed those with ``depth = K``
-    (:mod:`pipeline.infer.incremental`). Layer tables go under ``work_dir``.
-    Returns the seconds spent on the input layer (with the edge table) and on
-    each convolution.
+    (:mod:`pipeline.infer.incremental`).
     """
-    K, T = model.num_layers, int(spec["num_neighbors"])
+    K, T = num_layers, num_neighbors
+    if depth is None:
+        items = items.withColumn("depth", F.lit(K))
+    else:
+        items = items.join(depth, "node")
+        neighbors = neighbors.join(depth.where(F.col("depth") >= 1), "node", "left_semi")
+    if K == 0:
+        return items.mapInArrow(_input_fn(blob, T, message_dtype), EMBEDDING_SCHEMA)
+    # Hash joins: the sides need no sort.
+    start = (items.join(neighbors.select("node", "neighbors", "weights").hint("shuffle_hash"),
+                        "node", "left")
+             .join(fanout(neighbors, partitions).hint("shuffle_hash"), "node", "left"))
+    step = start.mapInArrow(_input_fn(blob, T, message_dtype), kernels.STEP_SCHEMA)
+    for k in range(K):
+        step = (step.repartition(partitions, "to").sortWithinPartitions("kind", "node")
+                .mapInArrow(_reduce_fn(blob, k, T, message_dtype),
+                            EMBEDDING_SCHEMA if k == K - 1 else kernels.STEP_SCHEMA))
+    return step
+
+
+def embed(spark: SparkSession, items: DataFrame, neighbors: DataFrame, model, spec: dict, *,
+          out_path: str, partitions: int, message_dtype: str,
+          depth: DataFrame | None = None) -> None:
+    """Write the embeddings of :func:`layers` (``schemas.EMBEDDINGS``) to ``out_path``."""
     blob = spark.sparkContext.broadcast(kernels.ModelBlob.of(model, spec))
-    tables = _BucketedTables(spark, partitions)
-    seconds = []
     try:
-        t0 = time.perf_counter()
-        if depth is not None:
-            depth = tables.write(depth.repartition(partitions, "node"), f"{work_dir}/depth",
-                                 "node", "depth")
-            items = items.join(depth, "node", "left_semi")
-            neighbors = neighbors.join(depth.where(F.col("depth") >= 1), "node", "left_semi")
-        h = items.repartition(partitions, "node").mapInArrow(
-            _input_fn(blob, K == 0, message_dtype),
-            EMBEDDING_SCHEMA if K == 0 else kernels.LAYER_SCHEMA)
-        if K == 0:
-            _write_embeddings(h, out_path)
-        else:
-            adjacency = tables.write(neighbors.repartition(partitions, "node").mapInArrow(
-                _adjacency_fn(T), kernels.ADJACENCY_SCHEMA), f"{work_dir}/adjacency", "node",
-                "adjacency")
-            to = tables.write(routes(neighbors, partitions), f"{work_dir}/routes", "nbr", "routes")
-            layer = tables.write(h, f"{work_dir}/h0", "node", "h0")
-        seconds.append(time.perf_counter() - t0)
-        log.info("input layer%s in %.1fs", "" if K == 0 else " and routes", seconds[-1])
-        for k in range(K):
-            t0 = time.perf_counter()
-            keep = depth.where(F.col("depth") >= k + 1) if depth is not None else None
-            out = (reduce_input(to, adjacency, layer, T, keep).repartition(partitions, "to")
-                   .sortWithinPartitions("kind", "node")
-                   .mapInArrow(_reduce_fn(blob, k, T, message_dtype),
-                               EMBEDDING_SCHEMA if k == K - 1 else kernels.LAYER_SCHEMA))
-            if k == K - 1:
-                _write_embeddings(out, out_path)
-            else:
-                layer = tables.write(out, f"{work_dir}/h{k + 1}", "node", f"h{k + 1}")
-            seconds.append(time.perf_counter() - t0)
-            log.info("layer %d/%d in %.1fs", k + 1, K, seconds[-1])
+        _write_embeddings(layers(items, neighbors, blob, num_layers=model.num_layers,
+                                 num_neighbors=int(spec["num_neighbors"]), partitions=partitions,
+                                 message_dtype=message_dtype, depth=depth), out_path)
     finally:
-        tables.drop()
         blob.unpersist()
-    return seconds
 
 
 def _embed_changed(spark: SparkSession, run_dir: str, plan: incremental.Plan, items: DataFrame,
-                   neighbors: DataFrame, model, spec: dict, *, work_dir: str, out_path: str,
-                   partitions: int, message_dtype: str) -> list[float]:
-    """Embed the plan's affected items; copy every other row from the previous version."""
+                   neighbors: DataFrame, model, spec: dict, *, scratch: str, out_path: str,
+                   partitions: int, message_dtype: str) -> None:
+    """Embed the plan's affected items (to ``scratch``); copy every other row from the
+    previous version."""
     prev_dir = versioned.check_version(run_dir, STAGE, plan.previous)
     kept = spark.read.parquet(str(prev_dir / TABLE)).select("node", "embedding")
-    seconds: list[float] = []
     if plan.recomputed:
         depth = spark.createDataFrame(pa.table({"node": plan.node,
                                                 "depth": plan.depth.astype(np.int32)}).to_pandas())
-        fresh_path = f"{work_dir}/recomputed"
-        seconds = embed(spark, items, neighbors, model, spec, work_dir=work_dir,
-                        out_path=fresh_path, partitions=partitions, message_dtype=message_dtype,
-                        depth=depth)
-        fresh = spark.read.parquet(fresh_path)
+        embed(spark, items, neighbors, model, spec, out_path=scratch, partitions=partitions,
+              message_dtype=message_dtype, depth=depth)
+        fresh = spark.read.parquet(scratch)
         kept = kept.join(fresh.select("node"), "node", "left_anti")
     merged = kept.join(items.select("node", "id"), "node").select("node", "id", "embedding")
     if plan.recomputed:
         merged = merged.unionByName(fresh.select("node", "id", "embedding"))
     _write_embeddings(merged, out_path)
-    return seconds
 
 
 def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -> InferResult:
@@ -322,7 +249,8 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
     if stats["min_dim"] != stats["max_dim"] or stats["max_dim"] != spec["feature_dim"]:
         raise PipelineError(f"items have {stats['min_dim']} to {stats['max_dim']} features, "
                             f"the model expects {spec['feature_dim']}")
-    with_nbrs = items.join(neighbors.where(F.size("neighbors") > 0), "node", "left_semi").count()
+    with_nbrs = (items.select("node").join(neighbors.where(F.size("neighbors") > 0)
+                                           .select("node"), "node", "left_semi").count())
     T = int(spec["num_neighbors"])
     plan, why = (incremental.plan(spark, run_dir, embeddings_from, inputs, params, items, neighbors,
                                   n_items=n_items, num_neighbors=T, num_layers=model.num_layers)
@@ -330,7 +258,8 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
     if why:
         log.info("embedding every item: cannot reuse embeddings/%s: %s", embeddings_from, why)
     computed = n_items if plan is None else len(plan.node)
-    partitions = i.partitions or max(2 * spark.sparkContext.defaultParallelism, math.ceil(
+    # Few partitions: a message is shipped once per partition that needs it.
+    partitions = i.partitions or max(spark.sparkContext.defaultParallelism, math.ceil(
         computed * (T + 1) / REDUCE_ROWS_PER_PARTITION))
     log.info("embedding %d items with model/%s (%d layers, %s) in %d partitions",
              n_items if plan is None else plan.recomputed, inputs[MODEL_STAGE], model.num_layers,
@@ -338,18 +267,17 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
 
     with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs,
                            keep=cfg.keep_versions) as out:
-        work_dir = out.path / "_layers"
+        scratch = out.path / "_recomputed"
         with _session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
                                    str(i.batch_rows)}):
             if plan is None:
-                seconds = embed(spark, items, neighbors, model, spec, work_dir=str(work_dir),
-                                out_path=out.table_path(TABLE), partitions=partitions,
-                                message_dtype=i.message_dtype)
+                embed(spark, items, neighbors, model, spec, out_path=out.table_path(TABLE),
+                      partitions=partitions, message_dtype=i.message_dtype)
             else:
-                seconds = _embed_changed(spark, run_dir, plan, items, neighbors, model, spec,
-                                         work_dir=str(work_dir), out_path=out.table_path(TABLE),
+                _embed_changed(spark, run_dir, plan, items, neighbors, model, spec,
+                                         scratch=str(scratch), out_path=out.table_path(TABLE),
                                          partitions=partitions, message_dtype=i.message_dtype)
-        shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
         total = time.perf_counter() - t0
         counts = {"items": n_items, "empty_neighborhoods": n_items - with_nbrs,
                   "unseen_items": int(stats["unseen"] or 0), "num_layers": model.num_layers,
@@ -361,7 +289,6 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
                   "changed_items": None if plan is None else plan.changed_items,
                   "not_reused_because": why or None,
                   "computed_items": computed,
-                  "seconds_per_layer": [round(s, 2) for s in seconds],
                   "seconds": round(total, 2), "items_per_second": round(n_items / total)}
         out.manifest.update({"counts": counts,
                              "schema": {TABLE: schemas.describe(schemas.EMBEDDINGS)}})
@@ -371,4 +298,4 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
     return InferResult(out.version, False, counts)
 
 
-__all__ = ["InferResult", "check_compatible", "embed", "reduce_input", "routes", "run_infer"]
+__all__ = ["InferResult", "check_compatible", "embed", "fanout", "layers", "run_infer"]

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
@@ -24,17 +25,22 @@ from pipeline.model import PinSage, build_model
 MESSAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16,
                   "bfloat16": torch.bfloat16}
 
-# The layer tables between stages: representation ``h`` (always float32) and
-# the message the next layer needs from this node (``infer.message_dtype``).
-LAYER_SCHEMA = "node long, id string, h binary, msg binary"
-LAYER_ARROW = pa.schema([("node", pa.int64()), ("id", pa.string()), ("h", pa.binary()),
-                         ("msg", pa.binary())])
-# Each node's neighbour list: T int64 ids (-1 padding) and T float32 weights.
-ADJACENCY_SCHEMA = "node long, nbrs binary, wts binary"
-ADJACENCY_ARROW = pa.schema([("node", pa.int64()), ("nbrs", pa.binary()), ("wts", pa.binary())])
+# Rows between stages, keyed by ``to`` (the reduce partition is Spark's hash
+# partition of ``to``). A node's own row (``kind = OWN``, ``to = node``): its
+# representation ``h`` (float32) in ``payload``, how many convolutions it is
+# needed after (``depth``), its neighbour list (``nbrs``: T int64 ids, -1
+# padding; ``wts``: T float32 weights) and ``fanout``: one node (int64) of each
+# reduce partition where a node lists it as a neighbour. A message row
+# (``kind = MESSAGE``): ``node``'s message for the next convolution
+# (``infer.message_dtype``) in ``payload``, once per partition in its fanout.
+STEP_SCHEMA = ("to long, kind int, node long, id string, depth int, payload binary, "
+               "nbrs binary, wts binary, fanout binary")
+STEP_ARROW = pa.schema([("to", pa.int64()), ("kind", pa.int32()), ("node", pa.int64()),
+                        ("id", pa.string()), ("depth", pa.int32()), ("payload", pa.binary()),
+                        ("nbrs", pa.binary()), ("wts", pa.binary()), ("fanout", pa.binary())])
 EMBEDDING_ARROW = pa.schema([("node", pa.int64()), ("id", pa.string()),
                              ("embedding", pa.list_(pa.float32()))])
-# Kinds of reduce input rows: a neighbour's message, then a node's own row.
+# Kinds of rows: messages sort before the nodes' own rows.
 MESSAGE, OWN = 0, 1
 # Rows per model call. Matrix kernels pick their blocking (hence their rounding)
 # from the shapes, so every call sees exactly this many rows, the last chunk
@@ -106,23 +112,15 @@ def raw(cells: pa.Array, dim: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(data.copy()).view(dtype).reshape(n, dim)
 
 
-def no_neighbors(num_neighbors: int) -> tuple[bytes, bytes]:
-    """The ``ADJACENCY`` cells of a node without a neighbour list."""
-    return (np.full(num_neighbors, -1, np.int64).tobytes(),
-            np.zeros(num_neighbors, np.float32).tobytes())
-
-
-def adjacency(batches: Iterator[pa.RecordBatch], num_neighbors: int) -> Iterator[pa.RecordBatch]:
-    """``neighbors`` rows -> ``ADJACENCY`` rows: each list as fixed-width binary cells.
-
-    Spark turns binary cells into Arrow far faster than arrays, and the reduce
-    ships every node's list in every layer.
-    """
-    for rb in batches:
-        ids, w = pad_lists(rb.column("neighbors"), rb.column("weights"), num_neighbors)
-        yield pa.RecordBatch.from_arrays(
-            [rb.column("node"), encode(torch.from_numpy(ids), torch.int64),
-             encode(torch.from_numpy(w))], schema=ADJACENCY_ARROW)
+def _int64_cells(lists: pa.Array) -> pa.BinaryArray:
+    """A list<int64> column as binary cells of its values' bytes (a null list: no bytes)."""
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths) * 8]).astype(np.int32)
+    values = lists.flatten().to_numpy().astype(np.int64, copy=False)
+    return pa.Array.from_buffers(pa.binary(), len(lists), [None, pa.py_buffer(offsets),
+                                                            pa.py_buffer(values.tobytes())])
 
 
 def _numpy(batch: pa.RecordBatch, name: str, dtype) -> np.ndarray:
@@ -152,13 +150,44 @@ def fixed_shape(fn, *xs: torch.Tensor) -> torch.Tensor:
     return torch.cat(out) if out else fn(*xs)
 
 
-def layer_batch(model: PinSage, k: int, node: np.ndarray, ids: pa.Array, h: torch.Tensor,
-                message_dtype: torch.dtype) -> pa.RecordBatch:
-    """Rows of ``LAYER_SCHEMA``: ``h`` after ``k`` convolutions and conv ``k``'s message."""
-    msg = fixed_shape(model.convs[k].message, h)
+def step_batches(model: PinSage, j: int, own: pa.RecordBatch, h: torch.Tensor,
+                 message_dtype: torch.dtype) -> Iterator[pa.RecordBatch]:
+    """``STEP_ARROW`` rows after ``j`` convolutions: every node's conv-``j`` message to
+    each partition of its fanout, and the own rows of the nodes needed after ``j + 1``.
+
+    ``own``: the nodes' own rows (``node, id, depth, nbrs, wts, fanout``);
+    ``h``: their representations after ``j`` convolutions.
+    """
+    n = own.num_rows
+    fanout = own.column("fanout")
+    ends = np.frombuffer(fanout.buffers()[1], np.int32, count=n + 1, offset=fanout.offset * 4)
+    lengths = np.diff(ends) // 8
+    to = (np.frombuffer(fanout.buffers()[2], np.int64, count=int(lengths.sum()),
+                        offset=int(ends[0])) if n and lengths.sum() else np.zeros(0, np.int64))
+    sender = np.repeat(np.arange(n), lengths)
+    m = len(sender)
+    if m:
+        msg = fixed_shape(model.convs[j].message, h)[torch.from_numpy(sender)]
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(to, pa.int64()), pa.array(np.full(m, MESSAGE, np.int32)),
+             pa.array(_numpy(own, "node", np.int64)[sender]), pa.nulls(m, pa.string()),
+             pa.nulls(m, pa.int32()), encode(msg, message_dtype), pa.nulls(m, pa.binary()),
+             pa.nulls(m, pa.binary()), pa.nulls(m, pa.binary())], schema=STEP_ARROW)
+    keep = _numpy(own, "depth", np.int32) > j
+    if keep.all():
+        yield own_batch(own, encode(h))
+    elif keep.any():
+        rows = np.flatnonzero(keep)
+        yield own_batch(own.take(pa.array(rows)), encode(h[torch.from_numpy(rows)]))
+
+
+def own_batch(own: pa.RecordBatch, h: pa.BinaryArray) -> pa.RecordBatch:
+    """``STEP_ARROW`` own rows: ``own``'s columns with ``h`` as the payload."""
+    n = own.num_rows
     return pa.RecordBatch.from_arrays(
-        [pa.array(node, pa.int64()), ids, encode(h), encode(msg, message_dtype)],
-        schema=LAYER_ARROW)
+        [own.column("node"), pa.array(np.full(n, OWN, np.int32)), own.column("node"),
+         own.column("id"), own.column("depth"), h, own.column("nbrs"), own.column("wts"),
+         own.column("fanout")], schema=STEP_ARROW)
 
 
 def embedding_batch(node: np.ndarray, ids: pa.Array, h: torch.Tensor) -> pa.RecordBatch:
@@ -171,9 +200,14 @@ def embedding_batch(node: np.ndarray, ids: pa.Array, h: torch.Tensor) -> pa.Reco
                                       schema=EMBEDDING_ARROW)
 
 
-def input_layer(model: PinSage, batches: Iterator[pa.RecordBatch], *, last: bool,
+def input_layer(model: PinSage, batches: Iterator[pa.RecordBatch], *, num_neighbors: int,
                 message_dtype: torch.dtype) -> Iterator[pa.RecordBatch]:
-    """Items ``(node, id, features)`` -> layer 0 (or the embeddings when K = 0)."""
+    """Items -> layer 0 as ``STEP_ARROW`` rows, or the embeddings when K = 0.
+
+    Input rows: ``node, id, features, depth`` and, when K > 0, the neighbour
+    list (``neighbors``, ``weights``; null when the item has none) and
+    ``fanout`` (list of int64, null when no item lists it).
+    """
     for rb in batches:
         if rb.num_rows == 0:
             continue
@@ -182,15 +216,24 @@ def input_layer(model: PinSage, batches: Iterator[pa.RecordBatch], *, last: bool
             feats = _features(rb, model.feature_dim)
             h = (fixed_shape(model.input_layer, torch.tensor(node), feats) if feats is not None
                  else fixed_shape(lambda n: model.input_layer(n, None), torch.tensor(node)))
-            yield (embedding_batch(node, rb.column("id"), h) if last
-                   else layer_batch(model, 0, node, rb.column("id"), h, message_dtype))
+            if model.num_layers == 0:
+                yield embedding_batch(node, rb.column("id"), h)
+                continue
+            nbrs, wts = pad_lists(rb.column("neighbors"), rb.column("weights"), num_neighbors)
+            own = pa.RecordBatch.from_arrays(
+                [rb.column("node"), rb.column("id"), rb.column("depth").cast(pa.int32()),
+                 encode(torch.from_numpy(nbrs), torch.int64), encode(torch.from_numpy(wts)),
+                 _int64_cells(rb.column("fanout"))],
+                names=["node", "id", "depth", "nbrs", "wts", "fanout"])
+            yield from step_batches(model, 0, own, h, message_dtype)
 
 
 def gather_messages(nbr: np.ndarray, weight: np.ndarray, sender: np.ndarray, msg: torch.Tensor):
     """The trainer's fixed-fanout tensors from padded neighbour lists and the messages at hand.
 
     ``nbr``/``weight`` (n, T): each node's list (-1 padding); ``sender`` (sorted,
-    unique) and ``msg``: the messages this partition received. Returns ``(msgs
+    unique) and ``msg``: the messages this partition received, plus one row of
+    zeros at the end that masked slots read. Returns ``(msgs
     (n, T, M), weight (n, T), mask (n, T))``; each message keeps its slot, so
     the tensors are exactly those the in-memory gather builds. A slot whose
     message did not come (padding, or a neighbour that is not an item) is masked.
@@ -198,21 +241,19 @@ def gather_messages(nbr: np.ndarray, weight: np.ndarray, sender: np.ndarray, msg
     pos = np.searchsorted(sender, nbr)
     found = (nbr >= 0) & (pos < len(sender))
     found[found] = sender[pos[found]] == nbr[found]
-    mask = torch.from_numpy(found)
-    msgs = torch.zeros((*nbr.shape, msg.shape[1]), dtype=torch.float32)
-    msgs[mask] = msg[torch.from_numpy(pos[found])]
-    return msgs, torch.from_numpy(np.where(found, weight, 0).astype(np.float32)), mask
+    rows = torch.from_numpy(np.where(found, pos, len(sender)).reshape(-1))
+    msgs = msg.index_select(0, rows).reshape(*nbr.shape, msg.shape[1])
+    return (msgs, torch.from_numpy(np.where(found, weight, 0).astype(np.float32)),
+            torch.from_numpy(found))
 
 
 def reduce_layer(model: PinSage, k: int, batches: Iterator[pa.RecordBatch], *,
                  num_neighbors: int, message_dtype: torch.dtype) -> Iterator[pa.RecordBatch]:
     """Conv ``k`` for the nodes of one partition.
 
-    Input rows (``REDUCE_SCHEMA``), sorted by ``(kind, node)``: first the
-    messages this partition needs (``kind = MESSAGE``, ``node`` = the sender),
-    each once, then each node's own row (``kind = OWN``: ``h`` and its
-    ``ADJACENCY`` cells). Output: layer ``k + 1`` rows, or the embeddings after
-    the last conv.
+    Input: ``STEP_ARROW`` rows sorted by ``(kind, node)``: first the messages
+    this partition needs, each once, then the nodes' own rows. Output: the
+    next step's rows, or the embeddings after the last conv.
     """
     conv = model.convs[k]
     last = k == model.num_layers - 1
@@ -231,16 +272,16 @@ def reduce_layer(model: PinSage, k: int, batches: Iterator[pa.RecordBatch], *,
             continue
         if sender is None:
             sender = np.concatenate(senders) if senders else np.zeros(0, np.int64)
-            msg = (torch.cat(received) if received
-                   else torch.zeros((0, conv.message_dim), dtype=torch.float32))
+            msg = torch.cat([*received, torch.zeros((1, conv.message_dim))])
             senders = received = None
         own = rb.slice(n_msg)
         nbr = raw(own.column("nbrs"), num_neighbors, torch.int64).numpy()
         weight = raw(own.column("wts"), num_neighbors, torch.float32).numpy()
         msgs, weight, mask = gather_messages(nbr, weight, sender, msg)
-        node = _numpy(own, "node", np.int64)
         with torch.no_grad():
             h = fixed_shape(conv.combine, decode(own.column("payload"), conv.in_dim), msgs,
                             weight, mask)
-            yield (embedding_batch(node, own.column("id"), h) if last
-                   else layer_batch(model, k + 1, node, own.column("id"), h, message_dtype))
+            if last:
+                yield embedding_batch(_numpy(own, "node", np.int64), own.column("id"), h)
+            else:
+                yield from step_batches(model, k + 1, own, h, message_dtype)
