@@ -6,7 +6,7 @@ randomly initialised model it times
 
   (a) the Spark job ``run_infer`` on local[2], from reading the published
       stages to the published ``embeddings`` stage (SparkSession start-up
-      excluded): one map/join/reduce pass per layer;
+      excluded): one map/route/reduce pass and one shuffle per layer;
   (b) ``PinSage.full_graph_embed`` in one process on the same neighbour
       table, already in memory: the floor for layer-wise inference;
   (c) the naive Spark alternative: every target's own K-hop tree

@@ -17,9 +17,9 @@ def main(cfg) -> None:
     spark = cli.spark_for(cfg, "infer")
     result = run_infer(spark, cfg)
     c = result.counts
-    print(f"embeddings/{result.version}{' (reused)' if result.reused else ''}: {c['items']} items, "
-          f"{c['empty_neighborhoods']} without neighbours, {c['unseen_items']} unseen by the model, "
-          f"{c['seconds']}s (per layer {c['seconds_per_layer']})")
+    print(f"embeddings/{result.version}{' (reused)' if result.reused else ''}: {c['items']} items "
+          f"({c['recomputed_items']} re-embedded), {c['empty_neighborhoods']} without neighbours, "
+          f"{c['unseen_items']} unseen by the model, {c['seconds']}s in {c['partitions']} partitions")
 
 
 if __name__ == "__main__":

@@ -176,22 +176,22 @@ def test_clear_errors(spark, make_cfg):
         run_infer(spark, cfg)
 
 
-def test_fanout_ships_each_message_once_per_partition(spark):
+def test_fanout_and_partition_keys(spark):
     from pyspark.sql import functions as F
 
-    from pipeline.infer import fanout
+    from pipeline.infer import fanout, partition_keys
     P = 3
     _, neighbors = synthetic()
     nb = spark.createDataFrame(neighbors.to_pandas())
-    part = F.pmod(F.hash("node"), F.lit(P))
-    needed = nb.select(F.explode("neighbors").alias("node"), part.alias("part")).distinct()
-    got = fanout(nb, P).select("node", F.explode("fanout").alias("to"))
-    # One target per (neighbour, partition of a node listing it): a node of
-    # that partition that lists it.
-    assert got.count() == needed.count()
-    assertDataFrameEqual(got.select("node", F.pmod(F.hash("to"), F.lit(P)).alias("part")), needed)
-    lists = {r["node"]: set(r["neighbors"]) for r in neighbors.to_pylist()}
-    assert all(r["node"] in lists[r["to"]] for r in got.collect())
+    # A message goes once to each partition of a node that lists its sender.
+    needed = nb.select(F.explode("neighbors").alias("node"),
+                       F.pmod(F.hash("node"), F.lit(P)).alias("part")).distinct()
+    assertDataFrameEqual(fanout(nb, P).select("node", F.explode("fanout").alias("part")), needed)
+    # And a parcel keyed keys[p] lands in partition p.
+    keys = partition_keys(spark, P)
+    landed = (spark.createDataFrame([(int(k), p) for p, k in enumerate(keys)], "key long, p int")
+              .repartition(P, "key").select("p", F.spark_partition_id().alias("got")).collect())
+    assert sorted((r["p"], r["got"]) for r in landed) == [(p, p) for p in range(P)]
 
 
 def test_vector_cells_round_trip():

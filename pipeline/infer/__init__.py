@@ -20,9 +20,11 @@ that the K layers are one Spark job with one shuffle each and no join: what
 is shuffled is ``N`` own rows plus one message per (sender, partition that
 needs it), at most ``min(in-degree, partitions)`` per sender instead of one
 per edge (about 2.8 N instead of 10 N rows for T = 10 on a power-law graph
-in 8 partitions). Vectors and lists travel as fixed-width binary cells. A
-failed task re-reads the previous layer's shuffle output, so it recomputes
-its own layer only.
+in 8 partitions). Those rows travel in *parcels*: each task packs the rows
+bound for one partition into one Arrow IPC cell, so Spark moves a few large
+binary values per task instead of a row per node and message. A failed task
+re-reads the previous layer's shuffle output, so it recomputes its own layer
+only.
 """
 from __future__ import annotations
 
@@ -49,8 +51,8 @@ from pipeline.train.trainer import load_model
 log = logging.getLogger(__name__)
 
 EMBEDDING_SCHEMA = "node long, id string, embedding array<float>"
-# Bound on reduce rows (own h + at most one per neighbour) per bucket when
-# infer.partitions=0: keeps each task's sort and Python memory to a few hundred MB.
+# Bound on reduce rows (own h + at most one message per neighbour) per partition
+# when infer.partitions=0: a reduce task holds its whole partition, a few hundred MB.
 REDUCE_ROWS_PER_PARTITION = 2_000_000
 # Model fields that must match the configuration the user asks for.
 MODEL_FIELDS = ("num_layers", "hidden_dim", "aggregator", "id_embedding")
@@ -90,21 +92,34 @@ def check_compatible(spec: dict, cfg_model, feature_dim: int, num_neighbors: int
                             f"jobs/sample.py with sample.num_neighbors={spec['num_neighbors']}")
 
 
-def fanout(neighbors: DataFrame, partitions: int) -> DataFrame:
-    """``(node, fanout)``: for each listed neighbour, one node of every partition listing it.
+def part_of(node: str, partitions: int):
+    """The reduce partition of a node: Spark's hash partition, as ``repartition`` computes it."""
+    return F.pmod(F.hash(node), F.lit(partitions))
 
-    A node's reduce partition is Spark's hash partition of ``node``
-    (``pmod(hash(node), partitions)``, as ``repartition`` computes it), so a
-    message shuffled by a ``to`` taken from the sender's fanout lands where all
-    its readers in that partition are: a popular neighbour ships its message
-    at most ``partitions`` times, not once per edge.
+
+def fanout(neighbors: DataFrame, partitions: int) -> DataFrame:
+    """``(node, fanout)``: for each listed neighbour, the partitions of the nodes listing it.
+
+    A popular neighbour thus ships its message at most ``partitions`` times,
+    not once per edge.
     """
-    part = F.pmod(F.hash("node"), F.lit(partitions)).alias("part")
-    pairs = neighbors.select("node", F.explode("neighbors").alias("nbr"))
-    return (pairs.repartition(partitions, "nbr").groupBy("nbr", part)
-            .agg(F.min("node").alias("to")).groupBy("nbr")
-            .agg(F.sort_array(F.collect_list("to")).alias("fanout"))
+    pairs = neighbors.select(F.explode("neighbors").alias("nbr"),
+                             part_of("node", partitions).alias("part"))
+    # One shuffle by nbr serves both the distinct and the grouping.
+    return (pairs.repartition("nbr").distinct().groupBy("nbr")
+            .agg(F.sort_array(F.collect_list("part")).alias("fanout"))
             .select(F.col("nbr").alias("node"), "fanout"))
+
+
+def partition_keys(spark: SparkSession, partitions: int) -> np.ndarray:
+    """``keys[p]``: a value that ``repartition(partitions, key)`` sends to partition ``p``."""
+    for span in (64, 4096):
+        found = dict(spark.range(span * partitions)
+                     .select(part_of("id", partitions).alias("p"), "id").groupBy("p")
+                     .agg(F.min("id")).collect())
+        if len(found) == partitions:
+            return np.array([found[p] for p in range(partitions)], dtype=np.int64)
+    raise PipelineError(f"no key found for each of {partitions} partitions")
 
 
 @contextmanager
@@ -129,24 +144,28 @@ def _write_embeddings(df: DataFrame, path: str) -> None:
      .option("parquet.enable.dictionary", "false").parquet(path))
 
 
-def _input_fn(blob, num_neighbors: int, dtype_name: str):
+def _input_fn(blob, num_neighbors: int, dtype_name: str, keys: np.ndarray):
     def run(batches):
         model = kernels.model_of(blob.value)
         yield from kernels.input_layer(model, batches, num_neighbors=num_neighbors,
-                                       message_dtype=kernels.MESSAGE_DTYPES[dtype_name])
+                                       message_dtype=kernels.MESSAGE_DTYPES[dtype_name],
+                                       keys=keys)
     return run
 
 
-def _reduce_fn(blob, k: int, num_neighbors: int, dtype_name: str):
+def _reduce_fn(blob, k: int, num_neighbors: int, dtype_name: str, keys: np.ndarray,
+               batch_rows: int):
     def run(batches):
         model = kernels.model_of(blob.value)
         yield from kernels.reduce_layer(model, k, batches, num_neighbors=num_neighbors,
-                                        message_dtype=kernels.MESSAGE_DTYPES[dtype_name])
+                                        message_dtype=kernels.MESSAGE_DTYPES[dtype_name],
+                                        keys=keys, batch_rows=batch_rows)
     return run
 
 
 def layers(items: DataFrame, neighbors: DataFrame, blob, *, num_layers: int, num_neighbors: int,
-           partitions: int, message_dtype: str, depth: DataFrame | None = None) -> DataFrame:
+           partitions: int, message_dtype: str, batch_rows: int,
+           depth: DataFrame | None = None) -> DataFrame:
     """The embeddings (``EMBEDDING_SCHEMA``) of ``items``, as one lazy Spark plan.
 
     ``items``: ``(node, id, features)``; ``neighbors``: ``schemas.NEIGHBORS``.
@@ -160,36 +179,39 @@ def layers(items: DataFrame, neighbors: DataFrame, blob, *, num_layers: int, num
     else:
         items = items.join(depth, "node")
         neighbors = neighbors.join(depth.where(F.col("depth") >= 1), "node", "left_semi")
+    keys = partition_keys(items.sparkSession, partitions)
     if K == 0:
-        return items.mapInArrow(_input_fn(blob, T, message_dtype), EMBEDDING_SCHEMA)
+        return items.mapInArrow(_input_fn(blob, T, message_dtype, keys), EMBEDDING_SCHEMA)
     # Hash joins: the sides need no sort.
-    start = (items.join(neighbors.select("node", "neighbors", "weights").hint("shuffle_hash"),
-                        "node", "left")
+    start = (items.withColumn("part", part_of("node", partitions))
+             .join(neighbors.select("node", "neighbors", "weights").hint("shuffle_hash"),
+                   "node", "left")
              .join(fanout(neighbors, partitions).hint("shuffle_hash"), "node", "left"))
-    step = start.mapInArrow(_input_fn(blob, T, message_dtype), kernels.STEP_SCHEMA)
+    step = start.mapInArrow(_input_fn(blob, T, message_dtype, keys), kernels.PARCEL_SCHEMA)
     for k in range(K):
-        step = (step.repartition(partitions, "to").sortWithinPartitions("kind", "node")
-                .mapInArrow(_reduce_fn(blob, k, T, message_dtype),
-                            EMBEDDING_SCHEMA if k == K - 1 else kernels.STEP_SCHEMA))
+        step = step.repartition(partitions, "key").mapInArrow(
+            _reduce_fn(blob, k, T, message_dtype, keys, batch_rows),
+            EMBEDDING_SCHEMA if k == K - 1 else kernels.PARCEL_SCHEMA)
     return step
 
 
 def embed(spark: SparkSession, items: DataFrame, neighbors: DataFrame, model, spec: dict, *,
-          out_path: str, partitions: int, message_dtype: str,
+          out_path: str, partitions: int, message_dtype: str, batch_rows: int,
           depth: DataFrame | None = None) -> None:
     """Write the embeddings of :func:`layers` (``schemas.EMBEDDINGS``) to ``out_path``."""
     blob = spark.sparkContext.broadcast(kernels.ModelBlob.of(model, spec))
     try:
         _write_embeddings(layers(items, neighbors, blob, num_layers=model.num_layers,
                                  num_neighbors=int(spec["num_neighbors"]), partitions=partitions,
-                                 message_dtype=message_dtype, depth=depth), out_path)
+                                 message_dtype=message_dtype, batch_rows=batch_rows,
+                                 depth=depth), out_path)
     finally:
         blob.unpersist()
 
 
 def _embed_changed(spark: SparkSession, run_dir: str, plan: incremental.Plan, items: DataFrame,
                    neighbors: DataFrame, model, spec: dict, *, scratch: str, out_path: str,
-                   partitions: int, message_dtype: str) -> None:
+                   partitions: int, message_dtype: str, batch_rows: int) -> None:
     """Embed the plan's affected items (to ``scratch``); copy every other row from the
     previous version."""
     prev_dir = versioned.check_version(run_dir, STAGE, plan.previous)
@@ -198,7 +220,7 @@ def _embed_changed(spark: SparkSession, run_dir: str, plan: incremental.Plan, it
         depth = spark.createDataFrame(pa.table({"node": plan.node,
                                                 "depth": plan.depth.astype(np.int32)}).to_pandas())
         embed(spark, items, neighbors, model, spec, out_path=scratch, partitions=partitions,
-              message_dtype=message_dtype, depth=depth)
+              message_dtype=message_dtype, batch_rows=batch_rows, depth=depth)
         fresh = spark.read.parquet(scratch)
         kept = kept.join(fresh.select("node"), "node", "left_anti")
     merged = kept.join(items.select("node", "id"), "node").select("node", "id", "embedding")
@@ -272,11 +294,13 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
                                    str(i.batch_rows)}):
             if plan is None:
                 embed(spark, items, neighbors, model, spec, out_path=out.table_path(TABLE),
-                      partitions=partitions, message_dtype=i.message_dtype)
+                      partitions=partitions, message_dtype=i.message_dtype,
+                      batch_rows=i.batch_rows)
             else:
                 _embed_changed(spark, run_dir, plan, items, neighbors, model, spec,
                                          scratch=str(scratch), out_path=out.table_path(TABLE),
-                                         partitions=partitions, message_dtype=i.message_dtype)
+                                         partitions=partitions, message_dtype=i.message_dtype,
+                                         batch_rows=i.batch_rows)
         shutil.rmtree(scratch, ignore_errors=True)
         total = time.perf_counter() - t0
         counts = {"items": n_items, "empty_neighborhoods": n_items - with_nbrs,

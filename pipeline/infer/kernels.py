@@ -25,23 +25,24 @@ from pipeline.model import PinSage, build_model
 MESSAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16,
                   "bfloat16": torch.bfloat16}
 
-# Rows between stages, keyed by ``to`` (the reduce partition is Spark's hash
-# partition of ``to``). A node's own row (``kind = OWN``, ``to = node``): its
-# representation ``h`` (float32) in ``payload``, how many convolutions it is
-# needed after (``depth``), its neighbour list (``nbrs``: T int64 ids, -1
-# padding; ``wts``: T float32 weights) and ``fanout``: one node (int64) of each
-# reduce partition where a node lists it as a neighbour. A message row
-# (``kind = MESSAGE``): ``node``'s message for the next convolution
-# (``infer.message_dtype``) in ``payload``, once per partition in its fanout.
-STEP_SCHEMA = ("to long, kind int, node long, id string, depth int, payload binary, "
-               "nbrs binary, wts binary, fanout binary")
-STEP_ARROW = pa.schema([("to", pa.int64()), ("kind", pa.int32()), ("node", pa.int64()),
-                        ("id", pa.string()), ("depth", pa.int32()), ("payload", pa.binary()),
-                        ("nbrs", pa.binary()), ("wts", pa.binary()), ("fanout", pa.binary())])
+# Between layers, rows travel in *parcels*: one Arrow IPC stream of rows bound
+# for one reduce partition, in one Spark row (``key``: a value Spark hashes to
+# that partition). Spark then moves a few large cells per task instead of a
+# row per node and message, which is most of what a shuffle costs it.
+PARCEL_SCHEMA = "key long, kind int, payload binary"
+PARCEL_ARROW = pa.schema([("key", pa.int64()), ("kind", pa.int32()), ("payload", pa.binary())])
+# A node's own row: its representation ``h`` (float32), how many convolutions
+# it is needed after (``depth``), its reduce partition (``part``), its
+# neighbour list (``nbrs``: T int64 ids, -1 padding; ``wts``: T float32
+# weights) and ``fanout``: the partitions (int32) holding a node that lists it.
+OWN_ARROW = pa.schema([("node", pa.int64()), ("id", pa.string()), ("depth", pa.int32()),
+                       ("part", pa.int32()), ("h", pa.binary()), ("nbrs", pa.binary()),
+                       ("wts", pa.binary()), ("fanout", pa.binary())])
+# A node's message for the next convolution (``infer.message_dtype``).
+MESSAGE_ARROW = pa.schema([("node", pa.int64()), ("msg", pa.binary())])
 EMBEDDING_ARROW = pa.schema([("node", pa.int64()), ("id", pa.string()),
                              ("embedding", pa.list_(pa.float32()))])
-# Kinds of rows: messages sort before the nodes' own rows.
-MESSAGE, OWN = 0, 1
+MESSAGE, OWN = 0, 1       # kinds of parcels
 # Rows per model call. Matrix kernels pick their blocking (hence their rounding)
 # from the shapes, so every call sees exactly this many rows, the last chunk
 # zero-padded: a node's bits never depend on which nodes share its batch, and a
@@ -112,15 +113,71 @@ def raw(cells: pa.Array, dim: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(data.copy()).view(dtype).reshape(n, dim)
 
 
-def _int64_cells(lists: pa.Array) -> pa.BinaryArray:
-    """A list<int64> column as binary cells of its values' bytes (a null list: no bytes)."""
+def _list_cells(lists: pa.Array, dtype) -> pa.BinaryArray:
+    """A list column as binary cells of its values' ``dtype`` bytes (a null list: no bytes)."""
     if isinstance(lists, pa.ChunkedArray):
         lists = lists.combine_chunks()
+    size = np.dtype(dtype).itemsize
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths) * 8]).astype(np.int32)
-    values = lists.flatten().to_numpy().astype(np.int64, copy=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths) * size]).astype(np.int32)
+    values = lists.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
     return pa.Array.from_buffers(pa.binary(), len(lists), [None, pa.py_buffer(offsets),
                                                             pa.py_buffer(values.tobytes())])
+
+
+def _cell_values(cells: pa.Array, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(values of all cells, one after the other; number of values in each cell)."""
+    n, size = len(cells), np.dtype(dtype).itemsize
+    ends = np.frombuffer(cells.buffers()[1], np.int32, count=n + 1, offset=cells.offset * 4)
+    lengths = np.diff(ends) // size
+    total = int(lengths.sum())
+    values = (np.frombuffer(cells.buffers()[2], dtype, count=total, offset=int(ends[0]))
+              if total else np.zeros(0, dtype))
+    return values, lengths
+
+
+def _binary(buffers: list[pa.Buffer]) -> pa.BinaryArray:
+    """One binary cell per buffer."""
+    offsets = np.concatenate([[0], np.cumsum([b.size for b in buffers])]).astype(np.int32)
+    return pa.Array.from_buffers(pa.binary(), len(buffers), [
+        None, pa.py_buffer(offsets), pa.py_buffer(b"".join(memoryview(b) for b in buffers))])
+
+
+def pack(kind: int, rows: pa.RecordBatch, part: np.ndarray, keys: np.ndarray
+         ) -> Iterator[pa.RecordBatch]:
+    """``rows`` as parcels (``PARCEL_ARROW``): one per partition in ``part`` (row-wise)."""
+    if rows.num_rows == 0:
+        return
+    order = np.argsort(part, kind="stable")
+    parts, starts = np.unique(part[order], return_index=True)
+    rows = rows.take(pa.array(order))
+    payloads = []
+    for lo, hi in zip(starts, [*starts[1:], len(order)]):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, rows.schema) as writer:
+            writer.write_batch(rows.slice(lo, hi - lo))
+        payloads.append(sink.getvalue())
+    yield pa.RecordBatch.from_arrays(
+        [pa.array(keys[parts], pa.int64()), pa.array(np.full(len(parts), kind, np.int32)),
+         _binary(payloads)], schema=PARCEL_ARROW)
+
+
+def unpack(batches: Iterator[pa.RecordBatch]) -> tuple[pa.Table | None, pa.Table | None]:
+    """All parcels of a partition: (own rows sorted by node, messages sorted by node)."""
+    tables: dict[int, list[pa.Table]] = {MESSAGE: [], OWN: []}
+    for rb in batches:
+        kinds, payload = rb.column("kind").to_numpy(), rb.column("payload")
+        for i in range(rb.num_rows):
+            tables[int(kinds[i])].append(pa.ipc.open_stream(payload[i].as_buffer()).read_all())
+    out = []
+    for kind in (OWN, MESSAGE):
+        if not tables[kind]:
+            out.append(None)
+            continue
+        t = pa.concat_tables(tables[kind]).combine_chunks()
+        # Sorted, so a partition's output does not depend on the order parcels came in.
+        out.append(t.take(pa.array(np.argsort(t.column("node").to_numpy(), kind="stable"))))
+    return out[0], out[1]
 
 
 def _numpy(batch: pa.RecordBatch, name: str, dtype) -> np.ndarray:
@@ -150,44 +207,30 @@ def fixed_shape(fn, *xs: torch.Tensor) -> torch.Tensor:
     return torch.cat(out) if out else fn(*xs)
 
 
-def step_batches(model: PinSage, j: int, own: pa.RecordBatch, h: torch.Tensor,
-                 message_dtype: torch.dtype) -> Iterator[pa.RecordBatch]:
-    """``STEP_ARROW`` rows after ``j`` convolutions: every node's conv-``j`` message to
-    each partition of its fanout, and the own rows of the nodes needed after ``j + 1``.
+def step(model: PinSage, j: int, own: pa.RecordBatch, h: torch.Tensor, *,
+         message_dtype: torch.dtype, keys: np.ndarray) -> Iterator[pa.RecordBatch]:
+    """Parcels after ``j`` convolutions: every node's conv-``j`` message to each
+    partition of its fanout, and the own rows of the nodes needed after ``j + 1``.
 
-    ``own``: the nodes' own rows (``node, id, depth, nbrs, wts, fanout``);
-    ``h``: their representations after ``j`` convolutions.
+    ``own``: the nodes' ``OWN_ARROW`` rows (any ``h``); ``h``: their
+    representations after ``j`` convolutions.
     """
-    n = own.num_rows
-    fanout = own.column("fanout")
-    ends = np.frombuffer(fanout.buffers()[1], np.int32, count=n + 1, offset=fanout.offset * 4)
-    lengths = np.diff(ends) // 8
-    to = (np.frombuffer(fanout.buffers()[2], np.int64, count=int(lengths.sum()),
-                        offset=int(ends[0])) if n and lengths.sum() else np.zeros(0, np.int64))
-    sender = np.repeat(np.arange(n), lengths)
-    m = len(sender)
-    if m:
+    node = _numpy(own, "node", np.int64)
+    part, lengths = _cell_values(own.column("fanout"), np.int32)
+    sender = np.repeat(np.arange(own.num_rows), lengths)
+    if len(sender):
         msg = fixed_shape(model.convs[j].message, h)[torch.from_numpy(sender)]
-        yield pa.RecordBatch.from_arrays(
-            [pa.array(to, pa.int64()), pa.array(np.full(m, MESSAGE, np.int32)),
-             pa.array(_numpy(own, "node", np.int64)[sender]), pa.nulls(m, pa.string()),
-             pa.nulls(m, pa.int32()), encode(msg, message_dtype), pa.nulls(m, pa.binary()),
-             pa.nulls(m, pa.binary()), pa.nulls(m, pa.binary())], schema=STEP_ARROW)
-    keep = _numpy(own, "depth", np.int32) > j
-    if keep.all():
-        yield own_batch(own, encode(h))
-    elif keep.any():
-        rows = np.flatnonzero(keep)
-        yield own_batch(own.take(pa.array(rows)), encode(h[torch.from_numpy(rows)]))
-
-
-def own_batch(own: pa.RecordBatch, h: pa.BinaryArray) -> pa.RecordBatch:
-    """``STEP_ARROW`` own rows: ``own``'s columns with ``h`` as the payload."""
-    n = own.num_rows
-    return pa.RecordBatch.from_arrays(
-        [own.column("node"), pa.array(np.full(n, OWN, np.int32)), own.column("node"),
-         own.column("id"), own.column("depth"), h, own.column("nbrs"), own.column("wts"),
-         own.column("fanout")], schema=STEP_ARROW)
+        yield from pack(MESSAGE, pa.RecordBatch.from_arrays(
+            [pa.array(node[sender]), encode(msg, message_dtype)], schema=MESSAGE_ARROW),
+            part, keys)
+    rows = np.flatnonzero(_numpy(own, "depth", np.int32) > j)
+    if len(rows) == own.num_rows:
+        nxt = own.set_column(own.schema.get_field_index("h"), "h", encode(h))
+    else:
+        nxt = own.take(pa.array(rows))
+        nxt = nxt.set_column(nxt.schema.get_field_index("h"), "h",
+                             encode(h[torch.from_numpy(rows)]))
+    yield from pack(OWN, nxt, _numpy(nxt, "part", np.int32), keys)
 
 
 def embedding_batch(node: np.ndarray, ids: pa.Array, h: torch.Tensor) -> pa.RecordBatch:
@@ -201,12 +244,12 @@ def embedding_batch(node: np.ndarray, ids: pa.Array, h: torch.Tensor) -> pa.Reco
 
 
 def input_layer(model: PinSage, batches: Iterator[pa.RecordBatch], *, num_neighbors: int,
-                message_dtype: torch.dtype) -> Iterator[pa.RecordBatch]:
-    """Items -> layer 0 as ``STEP_ARROW`` rows, or the embeddings when K = 0.
+                message_dtype: torch.dtype, keys: np.ndarray) -> Iterator[pa.RecordBatch]:
+    """Items -> layer 0 as parcels, or the embeddings when K = 0.
 
-    Input rows: ``node, id, features, depth`` and, when K > 0, the neighbour
-    list (``neighbors``, ``weights``; null when the item has none) and
-    ``fanout`` (list of int64, null when no item lists it).
+    Input rows: ``node, id, features, depth`` and, when K > 0, ``part``, the
+    neighbour list (``neighbors``, ``weights``; null when the item has none)
+    and ``fanout`` (list of int32 partitions, null when no item lists it).
     """
     for rb in batches:
         if rb.num_rows == 0:
@@ -222,10 +265,10 @@ def input_layer(model: PinSage, batches: Iterator[pa.RecordBatch], *, num_neighb
             nbrs, wts = pad_lists(rb.column("neighbors"), rb.column("weights"), num_neighbors)
             own = pa.RecordBatch.from_arrays(
                 [rb.column("node"), rb.column("id"), rb.column("depth").cast(pa.int32()),
+                 rb.column("part").cast(pa.int32()), pa.nulls(rb.num_rows, pa.binary()),
                  encode(torch.from_numpy(nbrs), torch.int64), encode(torch.from_numpy(wts)),
-                 _int64_cells(rb.column("fanout"))],
-                names=["node", "id", "depth", "nbrs", "wts", "fanout"])
-            yield from step_batches(model, 0, own, h, message_dtype)
+                 _list_cells(rb.column("fanout"), np.int32)], schema=OWN_ARROW)
+            yield from step(model, 0, own, h, message_dtype=message_dtype, keys=keys)
 
 
 def gather_messages(nbr: np.ndarray, weight: np.ndarray, sender: np.ndarray, msg: torch.Tensor):
@@ -248,40 +291,30 @@ def gather_messages(nbr: np.ndarray, weight: np.ndarray, sender: np.ndarray, msg
 
 
 def reduce_layer(model: PinSage, k: int, batches: Iterator[pa.RecordBatch], *,
-                 num_neighbors: int, message_dtype: torch.dtype) -> Iterator[pa.RecordBatch]:
-    """Conv ``k`` for the nodes of one partition.
+                 num_neighbors: int, message_dtype: torch.dtype, keys: np.ndarray,
+                 batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Conv ``k`` for the nodes of one partition, from all its parcels.
 
-    Input: ``STEP_ARROW`` rows sorted by ``(kind, node)``: first the messages
-    this partition needs, each once, then the nodes' own rows. Output: the
-    next step's rows, or the embeddings after the last conv.
+    Output: the next layer's parcels, or the embeddings after the last conv,
+    ``batch_rows`` nodes at a time.
     """
     conv = model.convs[k]
-    last = k == model.num_layers - 1
-    senders, received = [], []
-    sender = msg = None
-    for rb in batches:
-        if rb.num_rows == 0:
-            continue
-        kind = _numpy(rb, "kind", np.int8)
-        n_msg = int(np.searchsorted(kind, OWN))           # kinds are sorted: messages first
-        if n_msg:
-            senders.append(_numpy(rb, "node", np.int64)[:n_msg])
-            received.append(decode(rb.column("payload").slice(0, n_msg), conv.message_dim,
-                                   message_dtype))
-        if n_msg == rb.num_rows:
-            continue
-        if sender is None:
-            sender = np.concatenate(senders) if senders else np.zeros(0, np.int64)
-            msg = torch.cat([*received, torch.zeros((1, conv.message_dim))])
-            senders = received = None
-        own = rb.slice(n_msg)
-        nbr = raw(own.column("nbrs"), num_neighbors, torch.int64).numpy()
-        weight = raw(own.column("wts"), num_neighbors, torch.float32).numpy()
+    own, received = unpack(batches)
+    if own is None:
+        return
+    if received is None:
+        sender, msg = np.zeros(0, np.int64), torch.zeros((1, conv.message_dim))
+    else:
+        sender = received.column("node").to_numpy()
+        msg = torch.cat([decode(received.column("msg"), conv.message_dim, message_dtype),
+                         torch.zeros((1, conv.message_dim))])
+    for rb in own.to_batches(max_chunksize=batch_rows):
+        nbr = raw(rb.column("nbrs"), num_neighbors, torch.int64).numpy()
+        weight = raw(rb.column("wts"), num_neighbors, torch.float32).numpy()
         msgs, weight, mask = gather_messages(nbr, weight, sender, msg)
         with torch.no_grad():
-            h = fixed_shape(conv.combine, decode(own.column("payload"), conv.in_dim), msgs,
-                            weight, mask)
-            if last:
-                yield embedding_batch(_numpy(own, "node", np.int64), own.column("id"), h)
+            h = fixed_shape(conv.combine, decode(rb.column("h"), conv.in_dim), msgs, weight, mask)
+            if k == model.num_layers - 1:
+                yield embedding_batch(_numpy(rb, "node", np.int64), rb.column("id"), h)
             else:
-                yield from step_batches(model, k + 1, own, h, message_dtype)
+                yield from step(model, k + 1, rb, h, message_dtype=message_dtype, keys=keys)
