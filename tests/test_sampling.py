@@ -11,8 +11,8 @@ from pyspark.testing import assertDataFrameEqual
 
 from pipeline.errors import PipelineError
 from pipeline.ingest import run_ingest
-from pipeline.io import versioned
-from pipeline.sampling import run_sample
+from pipeline.io import schemas, versioned
+from pipeline.sampling import join_mode, memory_mode, run_sample, walks
 
 
 def write_graph(path, n_users=60, n_items=40, per_user=8, seed=0, timed=True):
@@ -147,6 +147,29 @@ def test_join_mode_equals_memory_mode(spark, make_cfg, tmp_path, bipartite):
                         _table(spark, cfg, "neighbors", "hard_candidates"))
     assertDataFrameEqual(tables["join"][0], tables["memory"][0])
     assertDataFrameEqual(tables["join"][1], tables["memory"][1])
+
+
+@pytest.mark.parametrize("bipartite", [True, False])
+def test_both_modes_walk_only_from_starts_as_a_full_run_would(spark, bipartite):
+    """What an incremental refresh relies on: a ``starts`` subset gets exactly the full run's rows."""
+    g = np.random.default_rng(3)
+    n_items, n_users = 30, 20 if bipartite else 0
+    src = g.integers(n_items, n_items + n_users, 120) if bipartite else g.integers(0, n_items, 120)
+    dst = g.integers(0, n_items, 120)
+    keep = src != dst
+    src, dst, weight = src[keep], dst[keep], g.uniform(0.5, 2.0, keep.sum()).astype(np.float32)
+    edges = spark.createDataFrame(pd.DataFrame({"src": src, "dst": dst, "weight": weight,
+                                                "time": None}), schemas.EDGES)
+    csr = walks.build_csr(src, dst, weight.astype(np.float64), n_items + n_users, n_items, bipartite)
+    kw = dict(num_walks=20, walk_length=3, restart_prob=0.3, seed=7, num_neighbors=5,
+              window=(5, 15), num_hard=3, partitions=3)
+    chosen = [0, 4, 5, 17, 29]
+    starts = spark.createDataFrame(pd.DataFrame({"node": chosen}))
+    full = memory_mode.sample(spark, csr, **kw).where(F.col("node").isin(chosen))
+    assert full.count() == len(chosen)
+    assertDataFrameEqual(memory_mode.sample(spark, csr, **kw, starts=starts), full)
+    assertDataFrameEqual(join_mode.sample(spark, edges, n_items, bipartite, **kw, starts=starts),
+                         full)
 
 
 def test_homogeneous_random_edges_without_times(spark, make_cfg, tmp_path):
