@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -336,3 +337,28 @@ def test_removed_items_are_left_out_of_the_served_index(small_run, tmp_path):
         assert row[:5] == expect[:5] and set(row) == set(expect)
     with pytest.raises(PipelineError, match="1 of 1 ids are not items"):
         similar_items(str(tmp_path), [RETIRED_ID], k=3)
+
+
+def test_compare_aggregators_trains_variants_beside_the_run(small_run):
+    """Each variant is a real model on the run's own stages; the served ``model`` stage is untouched."""
+    from omegaconf import OmegaConf
+
+    from pipeline.evaluate.aggregators import train_and_embed
+    cfg, _, items = small_run
+    cfg = OmegaConf.merge(cfg, {"eval": {"compare_aggregators": True, "aggregators": ["mean"],
+                                         "baselines": ["popularity"]},
+                                "train": {"epochs": 1}, "model": {"hidden_dim": 8}})
+    result = run_evaluate(cfg)
+    assert set(result.metrics["methods"]) == {"popularity", "pinsage", "pinsage[mean]"}
+    version = result.metrics["versions"]["model[mean]"]
+    sub = Path(cfg.run_dir) / "_compare" / "aggregator=mean"
+    assert versioned.read_manifest(str(sub), "model", version)["model"]["aggregator"] == "mean"
+    for stage in ("graph", "split", "neighbors", "batches"):
+        assert (sub / stage).resolve() == (Path(cfg.run_dir) / stage).resolve()
+    assert not (Path(cfg.run_dir) / "model").exists()
+    matrix, again = train_and_embed(cfg, "mean")          # published once, then reused
+    assert again == version
+    assert matrix.shape == (len(items), 8)
+    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1, rtol=1e-5)
+    m = result.metrics["methods"]["pinsage[mean]"]
+    assert 0 <= m["hit_rate@5"] <= m["hit_rate@10"] <= 1
