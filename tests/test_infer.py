@@ -99,8 +99,8 @@ def setup(make_cfg, agg: str, num_layers: int = 2, id_embedding: str = "on", *ov
     model = PinSage(FEATURE_DIM, hidden, num_layers, agg, num_items=TRAINED,
                     id_embedding=id_embedding, id_buckets=11).eval()
     features, neighbors = synthetic()
-    # Small Arrow batches, so that a partition's messages span several batches and
-    # the switch to its nodes' own rows falls inside one.
+    # Small Arrow batches, so that parcels come from several batches per task and
+    # each reduce partition combines its nodes in several chunks.
     cfg = make_cfg(f"model.aggregator={agg}", f"model.num_layers={num_layers}",
                    f"model.hidden_dim={hidden}", f"model.id_embedding={id_embedding}",
                    "infer.batch_rows=13", "infer.partitions=3", *overrides)

@@ -212,8 +212,7 @@ def embed(spark: SparkSession, items: DataFrame, neighbors: DataFrame, model, sp
 def _embed_changed(spark: SparkSession, run_dir: str, plan: incremental.Plan, items: DataFrame,
                    neighbors: DataFrame, model, spec: dict, *, scratch: str, out_path: str,
                    partitions: int, message_dtype: str, batch_rows: int) -> None:
-    """Embed the plan's affected items (to ``scratch``); copy every other row from the
-    previous version."""
+    """Embed the plan's affected items (to ``scratch``); copy the rest from the previous version."""
     prev_dir = versioned.check_version(run_dir, STAGE, plan.previous)
     kept = spark.read.parquet(str(prev_dir / TABLE)).select("node", "embedding")
     if plan.recomputed:
@@ -298,9 +297,9 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
                       batch_rows=i.batch_rows)
             else:
                 _embed_changed(spark, run_dir, plan, items, neighbors, model, spec,
-                                         scratch=str(scratch), out_path=out.table_path(TABLE),
-                                         partitions=partitions, message_dtype=i.message_dtype,
-                                         batch_rows=i.batch_rows)
+                               scratch=str(scratch), out_path=out.table_path(TABLE),
+                               partitions=partitions, message_dtype=i.message_dtype,
+                               batch_rows=i.batch_rows)
         shutil.rmtree(scratch, ignore_errors=True)
         total = time.perf_counter() - t0
         counts = {"items": n_items, "empty_neighborhoods": n_items - with_nbrs,

@@ -223,13 +223,10 @@ def step(model: PinSage, j: int, own: pa.RecordBatch, h: torch.Tensor, *,
         yield from pack(MESSAGE, pa.RecordBatch.from_arrays(
             [pa.array(node[sender]), encode(msg, message_dtype)], schema=MESSAGE_ARROW),
             part, keys)
-    rows = np.flatnonzero(_numpy(own, "depth", np.int32) > j)
-    if len(rows) == own.num_rows:
-        nxt = own.set_column(own.schema.get_field_index("h"), "h", encode(h))
-    else:
-        nxt = own.take(pa.array(rows))
-        nxt = nxt.set_column(nxt.schema.get_field_index("h"), "h",
-                             encode(h[torch.from_numpy(rows)]))
+    needed = _numpy(own, "depth", np.int32) > j
+    if not needed.all():
+        own, h = own.filter(pa.array(needed)), h[torch.from_numpy(needed)]
+    nxt = own.set_column(own.schema.get_field_index("h"), "h", encode(h))
     yield from pack(OWN, nxt, _numpy(nxt, "part", np.int32), keys)
 
 
