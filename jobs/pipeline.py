@@ -51,6 +51,12 @@ def main(cfg) -> None:
     print(f"  {k['batches']['train_batches']} training and {k['batches']['validation_batches']} "
           f"validation minibatches of {cfg.sample.batch_size}, {k['batches']['num_layers']} layers")
 
+    if sample.inductive is not None:
+        iv, ik = sample.inductive.versions, sample.inductive.counts
+        print(f"  new_items: {k['split'].get('new_items', 0):,} new items; the model trains on the "
+              f"inductive view: split/{iv['split']} ({ik['split']['train_edges']:,} edges), "
+              f"{ik['pairs']['pairs']:,} pairs, {ik['batches']['train_batches']} minibatches")
+
     train = run_train(cfg)
     kv = cfg.train.val_k
     print(f"\ntrain    model/{_status(train.version, train.reused)}")

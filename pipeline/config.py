@@ -59,8 +59,9 @@ class SampleConfig:
     pair_window: int = 3             # tuned on validation (1 -> 3)
     pairs_per_item: int = 3          # walk co-occurrence pairs when there are no times
     hard_window: List[float] = field(default_factory=lambda: [0.02, 0.1])
-    num_hard: int = 6                # hard-negative candidates kept per query
-    easy_negatives: int = 500        # shared easy negatives stored with each minibatch
+    num_hard: int = 6                # hard candidates per query; only if train.max_hard_negatives > 0
+    easy_negatives: int = 2000       # easy-negative draws stored per minibatch (a pool; README)
+    negative_power: float = 0.75     # draws in proportion to (positives + 1)^this; 0 = uniform
     val_fraction: float = 0.05       # pairs whose minibatches are for validation
     batch_size: int = 512
     batches_per_file: int = 16
@@ -73,6 +74,7 @@ class ModelConfig:
     aggregator: str = "importance"
     id_embedding: str = "on"
     id_buckets: int = 100_000
+    head_layers: int = 0             # dense layers after the last conv; 2 = paper's G2 ReLU(G1 h + g)
 
 
 @dataclass
@@ -81,8 +83,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"         # cosine | constant
-    margin: float = 0.1
-    easy_negatives: int = 500        # used per minibatch, at most what sampling stored
+    loss: str = "softmax"            # softmax (sampled, logQ-corrected) | max_margin (PinSage's)
+    temperature: float = 0.1         # softmax: logits are cosine / temperature
+    margin: float = 0.1              # max_margin
+    easy_negatives: int = 500        # drawn per minibatch and epoch from its stored pool
     max_hard_negatives: int = 0      # epoch n uses min(n - 1, this); 0: hurt on MovieLens (README)
     prefetch: int = 4                # queue depth per producer; 0 = synchronous loading
     num_workers: int = 1             # producer threads
@@ -101,20 +105,35 @@ class InferConfig:
 
 @dataclass
 class EvalConfig:
-    protocol: str = "leave_last_out"
+    protocol: str = "leave_last_out"  # leave_last_out | random_edges | new_items (inductive)
     holdout_fraction: float = 0.1    # random_edges: edges held out (half validation, half test)
+    new_item_fraction: float = 0.1   # new_items: share of the eligible items the model never sees
+    new_item_min_degree: int = 5     # new_items: eligible items have this many training edges
     ks: List[int] = field(default_factory=lambda: [10, 50, 100])
     kind: str = "test"               # held-out rows scored: test | validation (for tuning)
     max_queries: int = 0             # > 0: a seeded sample of that many held-out pairs
     bootstrap: int = 1000            # resamples of the queries for the 95% CIs
     baselines: List[str] = field(default_factory=lambda: [
-        "popularity", "random_walk", "item_knn", "als", "features_only"])
+        "popularity", "random_walk", "item_knn", "als", "ease", "node2vec", "lightgcn",
+        "features_only"])
     rw_walks: int = 2000             # random_walk: walks from each query (Pixie-style)
     rw_walk_length: int = 3
     rw_restart_prob: float = 0.5
     als_factors: int = 64
     als_iterations: int = 15
     als_regularization: float = 0.01
+    ease_lambda: float = 1.0         # ease: λ as a multiple of the mean diagonal of XᵀX
+    ease_max_items: int = 30_000     # ease: skipped (with a note) above this many items
+    node2vec_dim: int = 64           # node2vec: skip-gram vector size
+    node2vec_walks: int = 10         # walks from every item
+    node2vec_walk_length: int = 20   # hops per walk (item -> user -> item is one hop)
+    node2vec_window: int = 5         # skip-gram context window, in items
+    node2vec_epochs: int = 5
+    lightgcn_dim: int = 64           # lightgcn: embedding size
+    lightgcn_layers: int = 3
+    lightgcn_epochs: int = 20        # passes over the training edges (BPR)
+    lightgcn_lr: float = 0.01        # Adam
+    lightgcn_batch_size: int = 2048
     compare_aggregators: bool = False  # train one extra model per other aggregator
     aggregators: List[str] = field(default_factory=lambda: [
         "importance", "mean", "max", "gatv2", "gated"])

@@ -343,7 +343,7 @@ def test_compare_aggregators_trains_variants_beside_the_run(small_run):
     """Each variant is a real model on the run's own stages; the served ``model`` stage is untouched."""
     from omegaconf import OmegaConf
 
-    from pipeline.evaluate.aggregators import train_and_embed
+    from pipeline.evaluate.variants import train_and_embed
     cfg, _, items = small_run
     cfg = OmegaConf.merge(cfg, {"eval": {"compare_aggregators": True, "aggregators": ["mean"],
                                          "baselines": ["popularity"]},

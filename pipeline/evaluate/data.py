@@ -6,7 +6,7 @@ built from ``train_edges`` only: the held-out interactions never reach them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
 from pipeline.io.kinds import ITEM, RETIRED_ID
+from pipeline.sampling import new_items
 from pipeline.train.features import cached_feature_store
 
 KINDS = ("validation", "test")
@@ -78,6 +79,8 @@ class EvalData:
     src: np.ndarray          # training edges only
     dst: np.ndarray
     weight: np.ndarray
+    # eval.protocol=new_items: items the evaluated model never saw
+    new_items: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     @cached_property
     def degree(self) -> np.ndarray:
@@ -111,12 +114,18 @@ def load(run_dir: str, kind: str = "test", split_version: str | None = None,
          max_queries: int = 0, seed: int = 0) -> EvalData:
     """The latest split (or ``split_version``) and the graph it was cut from.
 
-    ``max_queries`` > 0 keeps a seeded sample of that many held-out pairs.
+    Under ``eval.protocol=new_items`` only rows whose target is a new item are
+    kept. ``max_queries`` > 0 keeps a seeded sample of that many held-out pairs.
     """
     split_version = split_version or versioned.latest_inputs(run_dir, ("split",), "evaluation")["split"]
     graph_version = versioned.read_manifest(run_dir, "split", split_version)["inputs"]["graph"]
     g = versioned.read_manifest(run_dir, "graph", graph_version)
     queries, targets = read_holdout(run_dir, split_version, kind)
+    new = new_items.read(run_dir, split_version)
+    if new_items.is_inductive(run_dir, split_version):
+        # The inductive protocol scores the rows whose target the model never saw.
+        keep = np.isin(targets, new)
+        queries, targets = queries[keep], targets[keep]
     if len(queries) == 0:
         raise PipelineError(f"split/{split_version} holds no '{kind}' interactions to evaluate on")
     if 0 < max_queries < len(queries):
@@ -130,4 +139,4 @@ def load(run_dir: str, kind: str = "test", split_version: str | None = None,
                     feature_names=list(g.get("feature_names") or []) if g["counts"].get("feature_dim")
                     else [], queries=queries, targets=targets,
                     live=read_live_items(run_dir, graph_version, n_items), src=src, dst=dst,
-                    weight=weight)
+                    weight=weight, new_items=new)

@@ -15,15 +15,18 @@ from tqdm import tqdm
 import pipeline
 from pipeline.errors import PipelineError
 from pipeline.evaluate import baselines, data as eval_data, metrics as M, report
+from pipeline.evaluate import variants as variants_mod
 from pipeline.evaluate.index import publish_index
 from pipeline.io import versioned
 from pipeline.io.embeddings import read_embeddings
+from pipeline.sampling import new_items
 
 log = logging.getLogger(__name__)
 
 STAGE = "eval"
 BASELINES = ("popularity", "random_walk", "item_knn", "als", "features_only")
 OURS = "pinsage"
+RETRAINED = "pinsage_retrained"   # new_items: the same configuration trained with the new items
 
 
 @dataclass
@@ -126,7 +129,7 @@ def run_evaluate(cfg) -> EvalResult:
                         seed=seed)
     inputs = {"split": data.split_version, "embeddings": emb.version, "index": idx.version}
     params = {"eval": OmegaConf.to_container(ev, resolve=True), "seed": seed}
-    if ev.compare_aggregators:
+    if ev.compare_aggregators or new_items.is_inductive(run_dir, data.split_version):
         params["variants"] = {"model": OmegaConf.to_container(cfg.model, resolve=True),
                               "train": OmegaConf.to_container(cfg.train, resolve=True)}
     fp = versioned.fingerprint({"code": pipeline.__version__, "stage": STAGE, "inputs": inputs,
@@ -147,17 +150,23 @@ def run_evaluate(cfg) -> EvalResult:
     model_aggregator = model_manifest["model"]["aggregator"] if model_manifest else None
     variants: dict[str, str] = {}
     if ev.compare_aggregators:
-        from pipeline.evaluate.aggregators import train_and_embed
         for agg in ev.aggregators:
             if agg == model_aggregator:
                 continue
             name = f"{OURS}[{agg}]"
 
             def run_variant(q, agg=agg, name=name):
-                matrix, version = train_and_embed(cfg, agg)
+                matrix, version = variants_mod.train_and_embed(cfg, agg)
                 variants[name] = version
                 return baselines.embedding_topk(matrix, q, kmax, data.live)
             methods[name] = run_variant
+    inductive = new_items.is_inductive(run_dir, data.split_version)
+    if inductive:
+        def run_retrained(q):
+            matrix, version = variants_mod.retrained(cfg)
+            variants[RETRAINED] = version
+            return baselines.embedding_topk(matrix, q, kmax, data.live)
+        methods[RETRAINED] = run_retrained
 
     ranks: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
@@ -196,6 +205,11 @@ def run_evaluate(cfg) -> EvalResult:
             "baseline": best,
             "difference": {k: float(v.mean()) for k, v in per_query[diff].items()},
             "ci95": ci[diff]}
+    if inductive:
+        hit = f"hit_rate@{ks[0]}"
+        base = metrics["methods"][RETRAINED][hit]
+        metrics["inductive_ratio"] = metrics["methods"][OURS][hit] / base if base else None
+        metrics["new_items"] = int(len(data.new_items))
     table = report.markdown_table(metrics)
 
     with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs,
@@ -239,6 +253,10 @@ def print_summary(result: EvalResult) -> None:
         print(f"\n{OURS} - {vs['baseline']} (best baseline, paired): "
               + ", ".join(f"{k} {d[k]:+.4f} [{ci[k][0]:+.4f}, {ci[k][1]:+.4f}]"
                           for k in (f"hit_rate@{m['ks'][0]}", "mrr")))
+    if m.get("inductive_ratio") is not None:
+        hit = f"hit_rate@{m['ks'][0]}"
+        print(f"\ninductive_ratio = {hit}({OURS}) / {hit}({RETRAINED}) = "
+              f"{m['inductive_ratio']:.3f} ({m['new_items']:,} new items, never seen in training)")
     for what, note in m.get("notes", {}).items():
         print(f"note: {what}: {note}")
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
-from pyspark.sql.types import (ArrayType, FloatType, IntegerType, LongType, StringType,
-                               StructField, StructType)
+from pyspark.sql.types import (ArrayType, DoubleType, FloatType, IntegerType, LongType,
+                               StringType, StructField, StructType)
 
 from pipeline.io.kinds import ITEM, USER  # noqa: F401  (re-exported for Spark code)
 
@@ -40,6 +40,11 @@ HOLDOUT = StructType([
     StructField("time", LongType(), True),
 ])
 
+# Items the trained model never sees under eval.protocol=new_items (stage `split`).
+NEW_ITEMS = StructType([
+    StructField("node", LongType(), False),
+])
+
 # Importance neighbourhoods (stage `neighbors`), sorted by weight descending.
 NEIGHBORS = StructType([
     StructField("node", LongType(), False),
@@ -61,8 +66,11 @@ HARD_NEGATIVES = StructType([
 # computation graph included. Layer 0 holds the batch's target nodes; layer
 # k+1 = layer k followed by the new neighbours of layer k, so a node's own
 # index is the same in every deeper layer. query/positive/hard/easy index
-# layer 0. nbr_idx[k] is row-major |layer k| x T into layer k+1, padded with
-# -1 (the mask) and weight 0.
+# layer 0. easy is the minibatch's pool of easy-negative draws (repeats
+# allowed; never one of its queries or positives, never a placeholder), of
+# which each epoch uses a subset; hard is empty per query unless the
+# curriculum uses hard negatives. nbr_idx[k] is row-major |layer k| x T into
+# layer k+1, padded with -1 (the mask) and weight 0.
 BATCHES = StructType([
     StructField("batch", LongType(), False),
     StructField("query", ArrayType(IntegerType(), False), False),
@@ -72,6 +80,16 @@ BATCHES = StructType([
     StructField("nodes", ArrayType(ArrayType(LongType(), False), False), False),
     StructField("nbr_idx", ArrayType(ArrayType(IntegerType(), False), False), False),
     StructField("nbr_weight", ArrayType(ArrayType(FloatType(), False), False), False),
+])
+
+# Per item (stage `batches`, table `item_weights`): how often it is a positive
+# of the training minibatches, and its weight when easy negatives are drawn
+# ((positives + 1) ^ sample.negative_power; 0 for placeholders). The trainer's
+# logQ correction uses both.
+ITEM_WEIGHTS = StructType([
+    StructField("node", LongType(), False),
+    StructField("positives", LongType(), False),
+    StructField("weight", DoubleType(), False),
 ])
 
 

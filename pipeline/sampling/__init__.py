@@ -7,7 +7,8 @@ Publishes four stages, each reused when its inputs and config are unchanged:
   share) and ``hard_candidates`` (items in the hard window of the ranking);
 * ``pairs``: ``pairs`` (query, positive) and ``hard_negatives`` (per query,
   candidates minus its positives);
-* ``batches``: ``train`` and ``validation``, one row per minibatch.
+* ``batches``: ``train`` and ``validation``, one row per minibatch, and
+  ``item_weights`` (how easy negatives are drawn).
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -28,7 +31,7 @@ from pipeline.ingest import read_graph
 from pipeline.io import schemas, versioned
 from pipeline.io.arrays import dense_neighbors
 from pipeline.sampling import batches as batching
-from pipeline.sampling import incremental, join_mode, memory_mode, pairs as pairing, split as splitting
+from pipeline.sampling import incremental, join_mode, memory_mode, new_items, pairs as pairing, split as splitting
 from pipeline.sampling.walks import hard_window
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ class SampleResult:
     versions: dict[str, str] = field(default_factory=dict)
     counts: dict[str, dict] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+    inductive: SampleResult | None = None   # eval.protocol=new_items: the model's training view
 
 
 def _write(df: DataFrame, path: str, key: str, rows_per_file: int, n_rows: int) -> None:
@@ -65,8 +69,15 @@ def _validate(cfg) -> None:
               (s.num_neighbors >= 1, "sample.num_neighbors must be >= 1"),
               (s.batch_size >= 1, "sample.batch_size must be >= 1"),
               (0 <= s.val_fraction < 1, "sample.val_fraction must be in [0, 1)"),
+              (s.easy_negatives >= 1, "sample.easy_negatives must be >= 1"),
+              (s.negative_power >= 0, "sample.negative_power must be >= 0 (0 = uniform)"),
+              (s.num_hard >= 0, "sample.num_hard must be >= 0"),
               (len(s.hard_window) == 2 and 0 <= s.hard_window[0] <= s.hard_window[1] <= 1,
                "sample.hard_window must be two fractions [lo, hi] with 0 <= lo <= hi <= 1")]
+    ev = cfg.eval
+    if ev.protocol == new_items.PROTOCOL:
+        checks += [(0 < ev.new_item_fraction < 1, "eval.new_item_fraction must be in (0, 1)"),
+                   (ev.new_item_min_degree >= 1, "eval.new_item_min_degree must be >= 1")]
     for ok, msg in checks:
         if not ok:
             raise PipelineError(msg)
@@ -186,6 +197,64 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
     return out.version
 
 
+def _publish_split(spark: SparkSession, st: Stages, cfg, edges: DataFrame, graph_version: str,
+                   graph_manifest: dict, n_items: int, bipartite: bool,
+                   source: tuple[str, str] | None) -> None:
+    """Publish ``split``: the protocol's held-out rows, or the inductive view of ``source``'s."""
+    ev, seed = cfg.eval, int(cfg.seed)
+    if source is None:
+        params = {"protocol": ev.protocol, "holdout_fraction": ev.holdout_fraction, "seed": seed}
+        if ev.protocol == new_items.PROTOCOL:
+            params.update(new_item_fraction=ev.new_item_fraction,
+                          new_item_min_degree=ev.new_item_min_degree)
+        inputs = {"graph": graph_version}
+    else:
+        params = {"view": "inductive", "seed": seed}
+        inputs = {"graph": graph_version, "source_split": source[1]}
+    fp = st.fingerprint("split", inputs, params)
+    if st.reuse("split", fp):
+        return
+    t0 = time.perf_counter()
+    new = None
+    if source is not None:
+        src_dir = versioned.check_version(source[0], "split", source[1])
+        train, held = new_items.view(
+            spark.read.schema(schemas.EDGES).parquet(str(src_dir / "train_edges")),
+            spark.read.schema(schemas.HOLDOUT).parquet(str(src_dir / "holdout")),
+            spark.read.schema(schemas.NEW_ITEMS).parquet(str(src_dir / new_items.TABLE)))
+        protocol = versioned.read_manifest(source[0], "split", source[1])["base_protocol"]
+    elif ev.protocol == new_items.PROTOCOL:
+        has_time = edges.where(F.col("time").isNotNull()).limit(1).count() > 0
+        protocol = new_items.base_protocol(has_time)
+        train, held = splitting.split_edges(edges, protocol, bipartite, seed, ev.holdout_fraction)
+        new = new_items.choose(train, n_items, bipartite, seed, ev.new_item_fraction,
+                               ev.new_item_min_degree)
+    else:
+        protocol = ev.protocol
+        train, held = splitting.split_edges(edges, protocol, bipartite, seed, ev.holdout_fraction)
+    with st.publish("split", fp, inputs, params) as out:
+        train.orderBy("src", "dst").write.parquet(out.table_path("train_edges"))
+        held.orderBy("kind", "user").coalesce(1).write.parquet(out.table_path("holdout"))
+        by_kind = {r["kind"]: r["count"] for r in spark.read.parquet(out.table_path("holdout"))
+                   .groupBy("kind").count().collect()}
+        counts = {"edges_in": graph_manifest["counts"]["edges_out"],
+                  "train_edges": spark.read.parquet(out.table_path("train_edges")).count(),
+                  "validation": by_kind.get("validation", 0), "test": by_kind.get("test", 0),
+                  "seconds": round(time.perf_counter() - t0, 2)}
+        schema = {"train_edges": schemas.describe(schemas.EDGES),
+                  "holdout": schemas.describe(schemas.HOLDOUT)}
+        manifest = {"protocol": ev.protocol if source is None else protocol}
+        if new is not None:
+            new.orderBy("node").coalesce(1).write.parquet(out.table_path(new_items.TABLE))
+            counts["new_items"] = spark.read.parquet(out.table_path(new_items.TABLE)).count()
+            schema[new_items.TABLE] = schemas.describe(schemas.NEW_ITEMS)
+            manifest["base_protocol"] = protocol
+        if source is not None:
+            manifest.update(view="inductive", source_split=source[1])
+        out.manifest.update({"counts": counts, "schema": schema, **manifest})
+    st.done("split", out, counts)
+
+
 def run_sample(spark: SparkSession, cfg, *, neighbors_from: str | None = None,
                training: bool = True) -> SampleResult:
     """Run split -> walks -> pairs -> batches on the latest graph; publish each stage.
@@ -198,7 +267,9 @@ def run_sample(spark: SparkSession, cfg, *, neighbors_from: str | None = None,
         return _sample(spark, cfg, neighbors_from, training)
 
 
-def _sample(spark: SparkSession, cfg, neighbors_from: str | None, training: bool) -> SampleResult:
+def _sample(spark: SparkSession, cfg, neighbors_from: str | None, training: bool,
+            source: tuple[str, str] | None = None) -> SampleResult:
+    """``source``: ``(run_dir, split version)`` whose inductive view this run samples."""
     _validate(cfg)
     s, run_dir, seed = cfg.sample, cfg.run_dir, int(cfg.seed)
     nodes, edges, graph_manifest = read_graph(spark, run_dir)
@@ -211,27 +282,7 @@ def _sample(spark: SparkSession, cfg, neighbors_from: str | None, training: bool
     partitions = s.partitions or 2 * spark.sparkContext.defaultParallelism
 
     # 1. Evaluation split, before anything sees the edges.
-    split_params = {"protocol": cfg.eval.protocol, "holdout_fraction": cfg.eval.holdout_fraction,
-                    "seed": seed}
-    inputs = {"graph": graph_version}
-    fp = st.fingerprint("split", inputs, split_params)
-    if not st.reuse("split", fp):
-        t0 = time.perf_counter()
-        train, held = splitting.split_edges(edges, cfg.eval.protocol, bipartite, seed,
-                                            cfg.eval.holdout_fraction)
-        with st.publish("split", fp, inputs, split_params) as out:
-            train.orderBy("src", "dst").write.parquet(out.table_path("train_edges"))
-            held.orderBy("kind", "user").coalesce(1).write.parquet(out.table_path("holdout"))
-            by_kind = {r["kind"]: r["count"] for r in spark.read.parquet(out.table_path("holdout"))
-                       .groupBy("kind").count().collect()}
-            counts = {"edges_in": graph_manifest["counts"]["edges_out"],
-                      "train_edges": spark.read.parquet(out.table_path("train_edges")).count(),
-                      "validation": by_kind.get("validation", 0), "test": by_kind.get("test", 0),
-                      "seconds": round(time.perf_counter() - t0, 2)}
-            out.manifest.update({"counts": counts, "protocol": cfg.eval.protocol,
-                                 "schema": {"train_edges": schemas.describe(schemas.EDGES),
-                                            "holdout": schemas.describe(schemas.HOLDOUT)}})
-        st.done("split", out, counts)
+    _publish_split(spark, st, cfg, edges, graph_version, graph_manifest, n_items, bipartite, source)
     split_dir = versioned.check_version(run_dir, "split", result.versions["split"])
     train_edges = spark.read.schema(schemas.EDGES).parquet(str(split_dir / "train_edges"))
 
@@ -270,29 +321,47 @@ def _sample(spark: SparkSession, cfg, neighbors_from: str | None, training: bool
         st.done("pairs", out, counts)
     pairs_dir = versioned.check_version(run_dir, "pairs", result.versions["pairs"])
 
-    # 4. Minibatches with their K-layer computation graphs.
+    # 4. Minibatches with their K-layer computation graphs. Hard candidates
+    # travel (through the whole computation graph) only when the curriculum
+    # uses them, so the stage depends on whether train.max_hard_negatives > 0.
+    hard_candidates = s.num_hard if cfg.train.max_hard_negatives > 0 else 0
     batch_params = {"batch_size": s.batch_size, "val_fraction": s.val_fraction,
-                    "easy_negatives": s.easy_negatives, "batches_per_file": s.batches_per_file,
+                    "easy_negatives": s.easy_negatives, "negative_power": s.negative_power,
+                    "hard_candidates": hard_candidates, "batches_per_file": s.batches_per_file,
                     "num_layers": cfg.model.num_layers, "seed": seed}
     inputs = {"pairs": result.versions["pairs"], "neighbors": result.versions["neighbors"]}
     fp = st.fingerprint("batches", inputs, batch_params)
     if not st.reuse("batches", fp):
         nbr, w = dense_neighbors(neighbors.toArrow(), n_items, s.num_neighbors)
-        specs = batching.assign(spark.read.parquet(str(pairs_dir / "pairs")),
-                                spark.read.parquet(str(pairs_dir / "hard_negatives")),
+        pairs = spark.read.parquet(str(pairs_dir / "pairs"))
+        specs = batching.assign(pairs, spark.read.parquet(str(pairs_dir / "hard_negatives"))
+                                if hard_candidates else None,
                                 seed=seed, batch_size=s.batch_size, val_fraction=s.val_fraction)
+        weights = batching.item_weights(pairs, nodes, nbr, power=s.negative_power, seed=seed,
+                                        val_fraction=s.val_fraction)
         with st.publish("batches", fp, inputs, batch_params) as out:
+            Path(out.table_path("item_weights")).mkdir()
+            pq.write_table(weights, Path(out.table_path("item_weights")) / "part-00000.parquet")
             counts = {}
             for split_name, spec in specs.items():
                 rows = batching.build(spark, spec, split_name, nbr, w,
+                                      weights.column("weight").to_numpy(),
                                       num_layers=cfg.model.num_layers,
                                       easy_negatives=s.easy_negatives, seed=seed)
                 n_batches = spec.count()
                 _write(rows, out.table_path(split_name), "batch", s.batches_per_file, n_batches)
                 counts[f"{split_name}_batches"] = n_batches
-            counts["num_layers"] = cfg.model.num_layers
+            counts.update(num_layers=cfg.model.num_layers, easy_negatives=s.easy_negatives,
+                          hard_candidates=hard_candidates,
+                          negative_items=int((weights.column("weight").to_numpy() > 0).sum()))
             out.manifest.update({"counts": counts, "schema": {
-                sp: schemas.describe(schemas.BATCHES) for sp in batching.SPLITS}})
+                **{sp: schemas.describe(schemas.BATCHES) for sp in batching.SPLITS},
+                "item_weights": schemas.describe(schemas.ITEM_WEIGHTS)}})
         st.done("batches", out, counts)
     spark.catalog.clearCache()
+    if source is None and cfg.eval.protocol == new_items.PROTOCOL:
+        # The model trains on the inductive view; this run's pairs and minibatches
+        # serve the model retrained with the new items (evaluation's upper bound).
+        sub = OmegaConf.merge(cfg, {"run_dir": new_items.inductive_dir(run_dir)})
+        result.inductive = _sample(spark, sub, None, True, source=(run_dir, result.versions["split"]))
     return result

@@ -1,26 +1,49 @@
-"""Minibatches with their whole K-layer computation graph, so the trainer does no graph work."""
+"""Minibatches with their whole K-layer computation graph, so the trainer does no graph work.
+
+Easy negatives. Each minibatch stores a pool of ``sample.easy_negatives``
+draws, with replacement, in proportion to the ``item_weights`` table (an
+item's positive count + 1, to the power ``sample.negative_power``: 0 =
+uniform, word2vec's 0.75 = flattened popularity). A draw is never one of the
+minibatch's own queries or positives, and never an item the training graph
+gives no neighbours (weight 0): a removed item's placeholder, or a new item
+of ``eval.protocol=new_items``, which the model must never meet. The pool's
+items are layer-0 nodes, so their computation graph is stored too; each
+epoch the loader draws ``train.easy_negatives`` of the pool's slots, keyed
+by (seed, epoch, minibatch), and keeps only the part of the graph they need.
+A uniform subset of independent draws is itself independent draws, so every
+epoch's negatives follow the same distribution.
+"""
 from __future__ import annotations
 
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline.io import schemas
+from pipeline.io.kinds import RETIRED_ID
 from pipeline.sampling.split import unit_hash
 from pipeline.spark import index_rows
 
 SPLITS = ("train", "validation")
 
 
-def assign(pairs: DataFrame, hard: DataFrame, *, seed: int, batch_size: int,
+def _in_validation(seed: int, val_fraction: float) -> Column:
+    return unit_hash(seed + 2, "query", "positive") < val_fraction
+
+
+def assign(pairs: DataFrame, hard: DataFrame | None, *, seed: int, batch_size: int,
            val_fraction: float) -> dict[str, DataFrame]:
-    """Per split, one row per minibatch: its pairs in shuffled order with their candidates."""
-    p = (pairs.join(hard, "query", "left")
-         .withColumn("candidates", F.coalesce("candidates", F.array().cast("array<long>")))
-         .withColumn("_val", unit_hash(seed + 2, "query", "positive") < val_fraction)
+    """Per split, one row per minibatch: its pairs in shuffled order with their candidates.
+
+    ``hard`` None: no hard-negative candidates (the curriculum does not use them).
+    """
+    p = (pairs.join(hard, "query", "left") if hard is not None
+         else pairs.withColumn("candidates", F.lit(None).cast("array<long>")))
+    p = (p.withColumn("candidates", F.coalesce("candidates", F.array().cast("array<long>")))
+         .withColumn("_val", _in_validation(seed, val_fraction))
          .withColumn("_shuffle", F.xxhash64(F.lit(seed), "query", "positive")))
     out = {}
     for split in SPLITS:
@@ -30,6 +53,66 @@ def assign(pairs: DataFrame, hard: DataFrame, *, seed: int, batch_size: int,
                       .agg(F.sort_array(F.collect_list(
                           F.struct("_idx", "query", "positive", "candidates"))).alias("pairs")))
     return out
+
+
+def item_weights(pairs: DataFrame, nodes: DataFrame, nbr: np.ndarray, *, power: float, seed: int,
+                 val_fraction: float) -> pa.Table:
+    """``schemas.ITEM_WEIGHTS`` for every item: positives in the training minibatches, weight.
+
+    ``nbr``: the dense neighbour table; items without neighbours get weight 0,
+    as do placeholders (which have none either: no edges).
+    """
+    n_items = nbr.shape[0]
+    counts = (pairs.where(~_in_validation(seed, val_fraction)).groupBy("positive").count()
+              .toArrow())
+    positives = np.zeros(n_items, dtype=np.int64)
+    positives[counts.column("positive").to_numpy()] = counts.column("count").to_numpy()
+    retired = (nodes.where((F.col("type") == schemas.ITEM) & (F.col("id") == RETIRED_ID))
+               .select("node").toArrow().column("node").to_numpy())
+    weight = (positives + 1.0) ** float(power)
+    weight[retired[retired < n_items]] = 0.0
+    weight[~(nbr >= 0).any(axis=1)] = 0.0
+    return pa.table({"node": np.arange(n_items, dtype=np.int64), "positives": positives,
+                     "weight": weight})
+
+
+def draw_pool(gen: np.random.Generator, weight: np.ndarray, cdf: np.ndarray,
+              excluded: np.ndarray, size: int) -> np.ndarray:
+    """``size`` draws with replacement in proportion to ``weight``, never one of ``excluded``.
+
+    ``cdf`` is ``cumsum(weight)``; ``excluded`` sorted and distinct. Draws
+    from the whole ``cdf`` and rejects excluded items (a binary search per
+    draw); when the excluded items hold over half the weight (a minibatch
+    covering most of a small catalogue) the restricted cdf is built instead.
+    Empty when nothing else has weight.
+    """
+    total = float(cdf[-1]) if len(cdf) else 0.0
+    left = total - float(weight[excluded].sum())
+    if size <= 0 or left <= total * 1e-12:
+        return np.zeros(0, dtype=np.int64)
+    if left < total / 2:
+        w = weight.copy()
+        w[excluded] = 0.0
+        return _invert(np.cumsum(w), gen.random(size))
+    out, need = [], size
+    while need:
+        x = _invert(cdf, gen.random(int(need * total / left * 1.1) + 16))
+        if len(excluded):
+            at = np.minimum(np.searchsorted(excluded, x), len(excluded) - 1)
+            x = x[excluded[at] != x]
+        out.append(x[:need])
+        need -= len(out[-1])
+    return np.concatenate(out)
+
+
+def _invert(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The items whose cdf interval ``[cdf[i-1], cdf[i])`` holds ``u * total``.
+
+    Zero-weight items have empty intervals, so they are never hit; the value
+    is kept below the total, so rounding never runs past the last item.
+    """
+    v = np.minimum(u * cdf[-1], np.nextafter(cdf[-1], 0.0))
+    return np.searchsorted(cdf, v, side="right").astype(np.int64)
 
 
 def computation_graph(targets: np.ndarray, nbr: np.ndarray, w: np.ndarray, num_layers: int):
@@ -59,15 +142,18 @@ def _unique_in_order(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u[order], rank[inv.ravel()]
 
 
-def build(spark: SparkSession, specs: DataFrame, split: str, nbr: np.ndarray, w: np.ndarray, *,
-          num_layers: int, easy_negatives: int, seed: int) -> DataFrame:
-    """Rows of ``schemas.BATCHES`` from the per-batch pair lists."""
-    shared = spark.sparkContext.broadcast((nbr, w))
-    n_items = nbr.shape[0]
+def build(spark: SparkSession, specs: DataFrame, split: str, nbr: np.ndarray, w: np.ndarray,
+          negative_weight: np.ndarray, *, num_layers: int, easy_negatives: int,
+          seed: int) -> DataFrame:
+    """Rows of ``schemas.BATCHES`` from the per-batch pair lists.
+
+    ``negative_weight``: the ``item_weights`` table's weights, indexed by item.
+    """
+    shared = spark.sparkContext.broadcast((nbr, w, negative_weight, np.cumsum(negative_weight)))
     salt = SPLITS.index(split)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        nb, wt = shared.value
+        nb, wt, neg_w, neg_cdf = shared.value
         for rb in batches:
             cols = {k: [] for k in ("batch", "query", "positive", "hard", "easy",
                                     "nodes", "nbr_idx", "nbr_weight")}
@@ -76,8 +162,9 @@ def build(spark: SparkSession, specs: DataFrame, split: str, nbr: np.ndarray, w:
                 pos = np.array([p["positive"] for p in pairs], dtype=np.int64)
                 cands = [np.array(p["candidates"], dtype=np.int64) for p in pairs]
                 gen = np.random.Generator(np.random.Philox(key=[seed, batch_id * 2 + salt]))
-                easy = gen.choice(n_items, size=min(easy_negatives, n_items), replace=False)
-                flat = np.concatenate([q, pos, *cands, easy]) if cands else np.concatenate([q, pos, easy])
+                easy = draw_pool(gen, neg_w, neg_cdf, np.unique(np.concatenate([q, pos])),
+                                 easy_negatives)
+                flat = np.concatenate([q, pos, *cands, easy])
                 targets, local = _unique_in_order(flat)
                 n_q = len(q)
                 lens = np.cumsum([0] + [len(c) for c in cands])

@@ -1,4 +1,5 @@
-"""Training: PinSage on the sampled minibatches, max-margin loss, hard-negative curriculum.
+"""Training: PinSage on the sampled minibatches, sampled-softmax or max-margin loss,
+hard-negative curriculum.
 
 One function, :func:`run_train`, runs single-process or under ``torchrun``
 (DistributedDataParallel: each rank reads a disjoint set of minibatch files).
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.dataset as ds
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
@@ -24,7 +26,10 @@ from tqdm import tqdm
 import pipeline
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
-from pipeline.model import build_model, max_margin_loss
+from pipeline.model import build_model
+from pipeline.model.loss import (in_batch_collisions, log_expected_count, max_margin_loss,
+                                 sampled_softmax_loss)
+from pipeline.sampling import new_items
 from pipeline.train import checkpoint, validation
 from pipeline.train.features import cached_feature_store
 from pipeline.train.loader import BatchLoader, Minibatch, list_batch_files
@@ -33,6 +38,10 @@ log = logging.getLogger(__name__)
 
 STAGE = "model"
 SCHEDULES = ("cosine", "constant")
+LOSSES = ("softmax", "max_margin")
+# Losses are read back from the device every this many steps (and at epoch
+# ends), not after each step: a read waits for the device to finish.
+SYNC_EVERY = 20
 
 
 @dataclass
@@ -82,39 +91,80 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def hard_negatives(mb: Minibatch, count: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` hard negatives per query drawn from its candidates: (indices, mask).
-
-    The draw depends only on (seed, epoch, minibatch), never on what ran before.
-    """
-    hard = mb.hard
-    if count == 0 or hard.numel() == 0:
-        empty = torch.zeros((len(mb.query), 0), dtype=torch.int64, device=hard.device)
-        return empty, empty.bool()
-    g = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + mb.batch_id) % 2**63)
-    keys = torch.rand(hard.shape, generator=g).to(hard.device)
-    keys = keys.masked_fill(hard < 0, 2.0)  # padding sorts last
-    order = keys.argsort(dim=1)[:, :count]
-    chosen = hard.gather(1, order)
-    return chosen, chosen >= 0
-
-
 def curriculum(epoch: int, max_hard: int) -> int:
     """Hard negatives per query in 1-based ``epoch``: n - 1, capped (PinSage's schedule)."""
     return max(0, min(epoch - 1, max_hard))
 
 
-def batch_loss(model, mb: Minibatch, *, margin: float, easy: int, hard: int, seed: int,
-               epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(total, easy part, hard part or None)`` for one minibatch."""
+@dataclass
+class Sampling:
+    """How a minibatch's candidates were sampled, for the softmax's logQ correction.
+
+    ``p_in_batch``: an item's share of the training pairs' positives (how
+    in-batch negatives arise); ``p_easy``: its easy-negative draw probability.
+    """
+
+    p_in_batch: torch.Tensor
+    p_easy: torch.Tensor
+
+    @classmethod
+    def read(cls, batches_dir: Path, device: torch.device) -> "Sampling":
+        path = batches_dir / "item_weights"
+        if not path.is_dir():
+            raise PipelineError(f"{batches_dir} has no item_weights table (sampled by an older "
+                                f"version); re-run jobs/sample.py for train.loss=softmax")
+        t = ds.dataset(str(path), format="parquet").to_table().sort_by("node")
+        f = t.column("positives").to_numpy().astype(np.float64)
+        w = t.column("weight").to_numpy()
+        return cls(torch.from_numpy(f / max(f.sum(), 1.0)).float().to(device),
+                   torch.from_numpy(w / max(w.sum(), 1e-300)).float().to(device))
+
+
+def batch_loss(model, mb: Minibatch, *, loss: str, margin: float, temperature: float,
+               sampling: Sampling | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(total, easy part, hard part or None)`` for one minibatch, on its drawn negatives.
+
+    ``max_margin``: the easy part against the shared easy negatives, the hard
+    part against each query's hard negatives. ``softmax``: the easy part is
+    the sampled softmax over in-batch and easy negatives; with hard negatives
+    the total adds them to the softmax, and the hard part (total - easy part,
+    detached) is what they add.
+    """
     z = model(mb.nodes, mb.features, mb.nbr_idx, mb.nbr_weight)
-    zq, zp = z[mb.query], z[mb.positive]
-    loss_easy = max_margin_loss(zq, zp, z[mb.easy[:easy]], margin)
-    idx, mask = hard_negatives(mb, hard, seed, epoch)
-    if idx.shape[1] == 0 or not bool(mask.any()):
-        return loss_easy, loss_easy, None
-    loss_hard = max_margin_loss(zq, zp, z[idx.clamp_min(0)], margin, neg_mask=mask)
-    return loss_easy + loss_hard, loss_easy, loss_hard
+    zq, zp, ze = z[mb.query], z[mb.positive], z[mb.easy]
+    mask = mb.hard >= 0
+    z_hard = z[mb.hard.clamp_min(0)] if mb.hard.shape[1] else None
+    if loss == "max_margin":
+        loss_easy = max_margin_loss(zq, zp, ze, margin)
+        if z_hard is None:
+            return loss_easy, loss_easy, None
+        loss_hard = max_margin_loss(zq, zp, z_hard, margin, neg_mask=mask)
+        return loss_easy + loss_hard, loss_easy, loss_hard
+    ids = mb.nodes[0]
+    n_b, n_e = len(mb.query), len(mb.easy)
+    kw = dict(temperature=temperature, collisions=in_batch_collisions(mb.query, mb.positive),
+              log_count_pos=log_expected_count(ids[mb.positive], sampling.p_in_batch,
+                                               sampling.p_easy, n_b, n_e),
+              log_count_easy=log_expected_count(ids[mb.easy], sampling.p_in_batch,
+                                                sampling.p_easy, n_b, n_e))
+    if z_hard is None:
+        total = sampled_softmax_loss(zq, zp, ze, **kw)
+        return total, total, None
+    total = sampled_softmax_loss(zq, zp, ze, z_hard=z_hard, hard_mask=mask, **kw)
+    with torch.no_grad():
+        loss_easy = sampled_softmax_loss(zq, zp, ze, **kw)
+    return total, loss_easy, total.detach() - loss_easy
+
+
+def _validate(t) -> None:
+    checks = [(t.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}, got '{t.loss}'"),
+              (t.temperature > 0, f"train.temperature must be > 0, got {t.temperature}"),
+              (t.easy_negatives >= 1, f"train.easy_negatives must be >= 1, got {t.easy_negatives}"),
+              (t.max_hard_negatives >= 0,
+               f"train.max_hard_negatives must be >= 0, got {t.max_hard_negatives}")]
+    for ok, msg in checks:
+        if not ok:
+            raise PipelineError(msg)
 
 
 def _schedule(optimizer, kind: str, total_steps: int):
@@ -126,17 +176,41 @@ def _schedule(optimizer, kind: str, total_steps: int):
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps))))
 
 
-def run_train(cfg, *, stop_after_epoch: int | None = None) -> TrainResult:
+def unseen_id_rows(model, items: np.ndarray, check: bool = False) -> None:
+    """Zero the ID-embedding rows of ``items`` (items the model must never see), or check them.
+
+    They get no gradient (never in a minibatch), so Adam keeps them at zero:
+    at inference such an item is embedded from its features and neighbours alone.
+    """
+    if len(items) == 0 or model.id_emb is None or model.id_embedding != "on":
+        return
+    rows = torch.as_tensor(items, dtype=torch.int64, device=model.id_emb.weight.device)
+    if check:
+        if bool(model.id_emb.weight[rows].any()):
+            raise PipelineError("training: a new item's ID embedding was trained; the inductive "
+                                "view leaked a new item into the minibatches (re-run jobs/sample.py)")
+        return
+    with torch.no_grad():
+        model.id_emb.weight[rows] = 0.0
+
+
+def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = True) -> TrainResult:
     """Train on the latest minibatches; publish the ``model`` stage (rank 0).
+
+    ``inductive=False`` trains on the run's own minibatches even under
+    ``eval.protocol=new_items`` (evaluation's ``pinsage_retrained``).
 
     ``stop_after_epoch`` ends the run after that epoch's checkpoint without
     publishing, as a preempted job would (tests resume from there).
     """
     t, m, run_dir = cfg.train, cfg.model, cfg.run_dir
+    _validate(t)
     device = _device(t.device)
     ddp = _init_distributed(device)
-    inputs = versioned.latest_inputs(run_dir, ("graph", "split", "neighbors", "batches"),
-                                     "training")
+    # Under eval.protocol=new_items the minibatches come from the inductive view.
+    view = new_items.training_view(run_dir, inductive)
+    src = view.dir
+    inputs = versioned.latest_inputs(src, ("graph", "split", "neighbors", "batches"), "training")
     params = {"model": OmegaConf.to_container(m, resolve=True),
               "train": {k: v for k, v in OmegaConf.to_container(t, resolve=True).items()
                         if k not in ("resume", "prefetch", "num_workers", "device")},
@@ -149,20 +223,30 @@ def run_train(cfg, *, stop_after_epoch: int | None = None) -> TrainResult:
         return TrainResult(existing, manifest.get("history", []), reused=True)
 
     seed_everything(int(cfg.seed))
-    store = cached_feature_store(run_dir, inputs["graph"])
-    batches_dir = versioned.resolve(run_dir, "batches", inputs["batches"])
-    b_manifest = versioned.read_manifest(run_dir, "batches", inputs["batches"])
+    store = cached_feature_store(src, inputs["graph"])
+    batches_dir = versioned.resolve(src, "batches", inputs["batches"])
+    b_manifest = versioned.read_manifest(src, "batches", inputs["batches"])
     if b_manifest["counts"]["num_layers"] != m.num_layers:
         raise PipelineError(f"minibatches were sampled for {b_manifest['counts']['num_layers']} layers "
                             f"but model.num_layers={m.num_layers}; re-run jobs/sample.py with "
                             f"model.num_layers={m.num_layers}")
-    T = int(versioned.read_manifest(run_dir, "neighbors", inputs["neighbors"])["config"]["num_neighbors"])
+    stored = b_manifest["counts"]
+    if t.max_hard_negatives > 0 and stored.get("hard_candidates", 1) == 0:
+        raise PipelineError(f"train.max_hard_negatives={t.max_hard_negatives} but the minibatches "
+                            f"carry no hard candidates; re-run jobs/sample.py with "
+                            f"train.max_hard_negatives={t.max_hard_negatives}")
+    if t.easy_negatives > stored.get("easy_negatives", t.easy_negatives):
+        log.warning("train.easy_negatives=%d but minibatches store %d (sample.easy_negatives): "
+                    "every epoch uses all of them", t.easy_negatives, stored["easy_negatives"])
+    sampling = Sampling.read(batches_dir, device) if t.loss == "softmax" else None
+    T = int(versioned.read_manifest(src, "neighbors", inputs["neighbors"])["config"]["num_neighbors"])
     files = list_batch_files(batches_dir, "train", ddp.rank, ddp.world)
     if not files:
         raise PipelineError(f"no training minibatch files for rank {ddp.rank} of {ddp.world} "
                             f"in {batches_dir}/train")
     loader = BatchLoader(files, store, T, prefetch=t.prefetch, num_workers=t.num_workers,
-                         pin_memory=device.type == "cuda", seed=int(cfg.seed))
+                         pin_memory=device.type == "cuda", seed=int(cfg.seed),
+                         easy_negatives=t.easy_negatives, hard_negatives=0)
     steps_per_epoch = len(loader)
     if ddp.world > 1:
         # Every rank must take the same number of steps or DDP's all-reduce hangs.
@@ -171,6 +255,7 @@ def run_train(cfg, *, stop_after_epoch: int | None = None) -> TrainResult:
         steps_per_epoch = int(n.item())
 
     model = build_model(m, store.dim, store.num_items).to(device)
+    unseen_id_rows(model, view.new)
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = _schedule(optimizer, t.schedule, t.epochs * steps_per_epoch)
@@ -188,8 +273,8 @@ def run_train(cfg, *, stop_after_epoch: int | None = None) -> TrainResult:
             history = state["history"]
             log.info("resumed from step %d (epoch %d, minibatch %d)", step, start_epoch, skip)
 
-    val = (validation.Validator(run_dir, inputs, store, T, device, k=t.val_k, margin=t.margin)
-           if ddp.main else None)
+    val = (validation.Validator(src, inputs, store, T, device, k=t.val_k, margin=t.margin,
+                                exclude=view.new) if ddp.main else None)
     writer = _tensorboard(run_dir, fp) if ddp.main else None
     if val is not None and writer is not None and step == 0:
         writer.add_scalar(f"val/popularity_hit_rate@{t.val_k}", val.popularity_hit_rate, 0)
@@ -204,9 +289,31 @@ def run_train(cfg, *, stop_after_epoch: int | None = None) -> TrainResult:
     try:
         for epoch in range(start_epoch, t.epochs + 1):
             n_hard = curriculum(epoch, t.max_hard_negatives)
-            loader.set_epoch(epoch)
+            loader.set_epoch(epoch, hard_negatives=n_hard)
             net.train()
             sums = {"loss": 0.0, "easy": 0.0, "hard": 0.0, "n": 0, "n_hard": 0, "queries": 0}
+            pending: list[tuple[int, torch.Tensor]] = []
+
+            def flush() -> None:
+                """Read the pending steps' losses (one device sync) into sums and TensorBoard."""
+                if not pending:
+                    return
+                values = torch.stack([v for _, v in pending]).cpu().tolist()
+                for (at, _), (total, easy, hard) in zip(pending, values):
+                    sums["loss"] += total
+                    sums["easy"] += easy
+                    sums["n"] += 1
+                    if not math.isnan(hard):
+                        sums["hard"] += hard
+                        sums["n_hard"] += 1
+                    if writer is not None:
+                        writer.add_scalar("train/loss", total, at)
+                        writer.add_scalar("train/loss_easy", easy, at)
+                        if not math.isnan(hard):
+                            writer.add_scalar("train/loss_hard", hard, at)
+                bar.set_postfix(loss=f"{values[-1][0]:.4f}")
+                pending.clear()
+
             t0 = time.perf_counter()
             bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch}/{t.epochs}",
                        disable=True if not ddp.main else None, leave=False)
@@ -217,31 +324,26 @@ def run_train(cfg, *, stop_after_epoch: int | None = None) -> TrainResult:
                     if i < skip:
                         continue
                     mb = mb.to(device, non_blocking=True)
-                    loss, l_easy, l_hard = batch_loss(net, mb, margin=t.margin,
-                                                      easy=t.easy_negatives, hard=n_hard,
-                                                      seed=int(cfg.seed), epoch=epoch)
+                    loss, l_easy, l_hard = batch_loss(net, mb, loss=t.loss, margin=t.margin,
+                                                      temperature=t.temperature,
+                                                      sampling=sampling)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     scheduler.step()
                     step += 1
-                    sums["loss"] += loss.item()
-                    sums["easy"] += l_easy.item()
-                    sums["n"] += 1
                     sums["queries"] += len(mb.query)
-                    if l_hard is not None:
-                        sums["hard"] += l_hard.item()
-                        sums["n_hard"] += 1
+                    nan = torch.full_like(loss, torch.nan)
+                    pending.append((step, torch.stack([loss.detach(), l_easy.detach(),
+                                                       nan if l_hard is None else l_hard.detach()])))
                     if writer is not None:
-                        writer.add_scalar("train/loss", loss.item(), step)
-                        writer.add_scalar("train/loss_easy", l_easy.item(), step)
-                        if l_hard is not None:
-                            writer.add_scalar("train/loss_hard", l_hard.item(), step)
                         writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                    if len(pending) >= SYNC_EVERY:
+                        flush()
                     if t.checkpoint_every and step % t.checkpoint_every == 0:
                         save(epoch, i + 1)
+            flush()
             bar.close()
             seconds = time.perf_counter() - t0
             queries = sums["queries"]
@@ -268,7 +370,11 @@ def run_train(cfg, *, stop_after_epoch: int | None = None) -> TrainResult:
                 return TrainResult(None, history)
         if not ddp.main:
             return TrainResult(None, history)
-        with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs,
+        unseen_id_rows(model, view.new, check=True)
+        # Lineage names the evaluated split, which the inductive view was cut from.
+        recorded = inputs if view.source_split is None else {
+            **inputs, "split": view.source_split, "inductive_split": inputs["split"]}
+        with versioned.publish(run_dir, STAGE, fp, config=params, inputs=recorded,
                                keep=cfg.keep_versions) as out:
             torch.save(model.state_dict(), out.path / "model.pt")
             out.manifest.update({

@@ -52,7 +52,9 @@ def popularity_hit_rate(degree: np.ndarray, queries: np.ndarray, targets: np.nda
 
 class Validator:
     def __init__(self, run_dir: str, inputs: dict, store: FeatureStore, num_neighbors: int,
-                 device: torch.device, k: int = 10, margin: float = 0.1):
+                 device: torch.device, k: int = 10, margin: float = 0.1,
+                 exclude: np.ndarray | None = None):
+        """``exclude``: items never ranked (the new items of ``eval.protocol=new_items``)."""
         self.k, self.device, self.margin = k, device, margin
         n = store.num_items
         nb_dir = versioned.resolve(run_dir, "neighbors", inputs["neighbors"]) / "neighbors"
@@ -64,7 +66,10 @@ class Validator:
         self.features = torch.from_numpy(np.asarray(store.gather(np.arange(n)))).to(device)
         queries, targets = read_holdout(run_dir, inputs["split"], "validation")
         self.queries, self.targets = torch.from_numpy(queries), torch.from_numpy(targets)
-        self.live = torch.from_numpy(read_live_items(run_dir, inputs["graph"], n))
+        live = read_live_items(run_dir, inputs["graph"], n)
+        if exclude is not None:
+            live[exclude] = False
+        self.live = torch.from_numpy(live)
         src, dst, _ = read_train_edges(run_dir, inputs["split"])
         self.popularity_hit_rate = popularity_hit_rate(item_degree(src, dst, n), queries, targets, k)
         batches_dir = versioned.resolve(run_dir, "batches", inputs["batches"])

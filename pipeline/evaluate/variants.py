@@ -1,0 +1,64 @@
+"""Models trained beside the run, only to be compared with it.
+
+* ``eval.compare_aggregators``: one extra PinSage model per other aggregator,
+  trained by the ordinary trainer on the SAME split, neighbourhoods and
+  minibatches, in ``<run_dir>/_compare/aggregator=<name>/``.
+* ``eval.protocol=new_items``: ``pinsage_retrained``, the run's configuration
+  trained on the run's own minibatches, new items' edges included (the upper
+  bound of the inductive model), in ``<run_dir>/_compare/retrained/``.
+
+Each variant's input stages are links to the main run's. That keeps the main
+run's ``model`` stage (what inference and serving use) untouched, and a
+re-run reuses each variant's published model.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from pipeline.evaluate.embed import embed_items
+
+log = logging.getLogger(__name__)
+
+INPUT_STAGES = ("graph", "split", "neighbors", "batches")
+
+
+def variant_dir(run_dir: str, name: str) -> Path:
+    """``<run_dir>/_compare/<name>``, sharing ``run_dir``'s input stages (linked, not copied)."""
+    sub = Path(run_dir) / "_compare" / name
+    sub.mkdir(parents=True, exist_ok=True)
+    for stage in INPUT_STAGES:
+        link, target = sub / stage, (Path(run_dir) / stage).resolve()
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(target, target_is_directory=True)
+    return sub
+
+
+def _train(cfg, name: str, overrides: dict, inductive: bool = True) -> tuple[np.ndarray, str]:
+    from pipeline.train.trainer import run_train
+    sub = variant_dir(cfg.run_dir, name)
+    variant = OmegaConf.merge(cfg, {"run_dir": str(sub), "train": {"resume": False}}, overrides)
+    result = run_train(variant, inductive=inductive)
+    log.info("%s: model/%s%s", name, result.version, " (reused)" if result.reused else "")
+    return embed_items(str(sub), result.version), result.version
+
+
+def train_and_embed(cfg, aggregator: str) -> tuple[np.ndarray, str]:
+    """Train (or reuse) the ``aggregator`` variant; ``(item embeddings, model version)``."""
+    return _train(cfg, f"aggregator={aggregator}", {"model": {"aggregator": aggregator}})
+
+
+def retrained(cfg) -> tuple[np.ndarray, str]:
+    """``new_items``' upper bound: the same configuration trained with the new items' edges.
+
+    Its minibatches are the run's own (sampled from the split's whole training
+    graph), so it sees the new items but never a held-out row.
+    """
+    return _train(cfg, "retrained", {}, inductive=False)
