@@ -85,6 +85,27 @@ def hit_rate_curves(ranks: dict[str, np.ndarray], kmax: int, out: Path) -> None:
     plt.close(fig)
 
 
+def ablation_plot(metrics: dict, out: Path) -> None:
+    """Hit-rate at the smallest K and MRR per ablation row, with 95% CIs as error bars."""
+    names = list(metrics["methods"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(names) + 1.5), sharey=True)
+    for ax, metric in zip(axes, (f"hit_rate@{metrics['ks'][0]}", "mrr")):
+        vals = np.array([metrics["methods"][n][metric] for n in names])
+        ci = np.array([metrics["methods"][n]["ci95"][metric] for n in names])
+        y = np.arange(len(names))
+        ax.barh(y, vals, xerr=[vals - ci[:, 0], ci[:, 1] - vals], capsize=3,
+                color=["tab:orange" if n == names[0] else "tab:blue" for n in names])
+        ax.axvline(vals[0], color="tab:orange", linewidth=0.8, linestyle="--")
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()
+        ax.set_xlabel(metric)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"ablation on {metrics['num_queries']} {metrics['split']} queries (95% CIs)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def categories(features: np.ndarray, names: list[str], degree: np.ndarray
                ) -> tuple[np.ndarray, str]:
     """A categorical label per item, and what it is.

@@ -14,13 +14,13 @@ re-run reuses each variant's published model.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from pipeline.evaluate.embed import embed_items
+from pipeline.io import versioned
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +28,9 @@ INPUT_STAGES = ("graph", "split", "neighbors", "batches")
 
 
 def variant_dir(run_dir: str, name: str) -> Path:
-    """``<run_dir>/_compare/<name>``, sharing ``run_dir``'s input stages (linked, not copied)."""
-    sub = Path(run_dir) / "_compare" / name
-    sub.mkdir(parents=True, exist_ok=True)
-    for stage in INPUT_STAGES:
-        link, target = sub / stage, (Path(run_dir) / stage).resolve()
-        if link.is_symlink() and Path(os.readlink(link)) == target:
-            continue
-        if link.is_symlink():
-            link.unlink()
-        link.symlink_to(target, target_is_directory=True)
-    return sub
+    """``<run_dir>/_compare/<name>``, sharing ``run_dir``'s input stages."""
+    return Path(versioned.link_stages(run_dir, str(Path(run_dir) / "_compare" / name),
+                                      INPUT_STAGES))
 
 
 def _train(cfg, name: str, overrides: dict, inductive: bool = True) -> tuple[np.ndarray, str]:

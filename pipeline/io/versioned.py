@@ -96,6 +96,20 @@ def latest_inputs(run_dir: str | os.PathLike, stages: tuple[str, ...], purpose: 
     return out
 
 
+def link_stages(source: str, sub: str, stages: tuple[str, ...]) -> str:
+    """``sub``, made to share ``source``'s ``stages`` (linked, not copied)."""
+    path = Path(sub)
+    path.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        link, target = path / stage, (Path(source) / stage).resolve()
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(target, target_is_directory=True)
+    return str(path)
+
+
 def list_versions(run_dir: str | os.PathLike, stage: str) -> list[str]:
     """Complete versions of a stage, oldest first."""
     root = stage_dir(run_dir, stage)

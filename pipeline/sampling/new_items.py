@@ -15,7 +15,6 @@ validation are built from that view alone, so no new item reaches the model.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,16 +65,7 @@ def view(train_edges: DataFrame, holdout: DataFrame, new: DataFrame) -> tuple[Da
 
 def inductive_dir(run_dir: str) -> str:
     """The run directory of the inductive view, sharing the main run's ``graph`` (linked)."""
-    sub = Path(run_dir) / INDUCTIVE_DIR
-    sub.mkdir(parents=True, exist_ok=True)
-    for stage in SHARED_STAGES:
-        link, target = sub / stage, (Path(run_dir) / stage).resolve()
-        if link.is_symlink() and Path(os.readlink(link)) == target:
-            continue
-        if link.is_symlink():
-            link.unlink()
-        link.symlink_to(target, target_is_directory=True)
-    return str(sub)
+    return versioned.link_stages(run_dir, str(Path(run_dir) / INDUCTIVE_DIR), SHARED_STAGES)
 
 
 def is_inductive(run_dir: str, split_version: str) -> bool:
