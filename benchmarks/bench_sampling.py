@@ -1,20 +1,24 @@
-"""Random-walk sampling: the Spark job against the random-access memory limit.
+"""Importance neighbourhoods: the Spark job against a one-core NumPy/SciPy reference.
 
 On a synthetic power-law bipartite graph it times
 
-  (a) a single-process vectorised NumPy walk over the same CSR with the same
-      parameters, top-T counting included (NumPy's own PCG64 generator): the
-      reference for what one core can do against random memory access;
+  (a) the same computation in one process, written plainly: float64 SciPy
+      sparse products hop by hop with the same pruning rule (a node passes
+      its mass on while mass/deg >= ε/deg(start)), the same score
+      (visits / degree^β) and a top-T by ``argpartition``: the reference for
+      what one core does;
   (b) the Spark job in memory mode on local[2], from reading the training
-      edges to the published ``neighbors`` stage (SparkSession start-up
-      excluded);
+      edges to the published ``neighbors`` stage (SparkSession start-up and
+      the manifest's quality check excluded);
   (c) the Spark job in join mode, on a smaller graph.
 
-Throughput is item-to-item hops per second (walks x expected hops per walk).
-The last line is ``sampling_speed_ratio=<(b)/(a)>``; the goal is >= 1.0.
+Throughput is edges pushed along per second (the work ε bounds: a start
+pushes at most deg(start)/ε edges per half hop). (a) and (b) count the same
+pushes (up to float-vs-integer rounding at the threshold). The last line is
+``sampling_speed_ratio=<(b)/(a)>``; the goal is >= 1.0.
 
-    .venv/bin/python benchmarks/bench_sampling.py            # ~5M edges
-    .venv/bin/python benchmarks/bench_sampling.py --edges 500000 --walks 100   # quick look
+    .venv/bin/python benchmarks/bench_sampling.py            # ~290k edges, a few minutes
+    .venv/bin/python benchmarks/bench_sampling.py --edges 2000000 --items 50000 --users 200000
 """
 from __future__ import annotations
 
@@ -28,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import SampleConfig  # noqa: E402
 from pipeline.io import versioned  # noqa: E402
-from pipeline.sampling import Stages, expected_hops, publish_neighbors  # noqa: E402
-from pipeline.sampling.walks import build_csr  # noqa: E402
+from pipeline.sampling import Stages, publish_neighbors  # noqa: E402
 from pipeline.spark import build_spark  # noqa: E402
 
 
@@ -63,99 +67,101 @@ def publish_split(run_dir: str, src, dst) -> str:
     return out.version
 
 
-def reference(src, dst, n_nodes, n_items, s: SampleConfig, seed: int) -> tuple[float, int]:
-    """Plain NumPy walks with PCG64 over the CSR; returns (seconds, hops)."""
-    csr = build_csr(src, dst, np.ones(len(src)), n_nodes, n_items, True)
-    indptr, nbrs, deg = csr.indptr, csr.nbrs, csr.deg
-    gen = np.random.default_rng(seed)
-    chunk = max(1, (1 << 20) // s.num_walks)
-    hops = 0
+def reference(src, dst, n_nodes: int, n_items: int, s: SampleConfig, chunk: int = 256
+              ) -> tuple[float, int]:
+    """Plain float64 SciPy propagation from every item, pruned and ranked; (seconds, pushes)."""
     t0 = time.perf_counter()
+    a = sp.csr_matrix((np.ones(2 * len(src)), (np.r_[src, dst], np.r_[dst, src])),
+                      shape=(n_nodes, n_nodes))
+    deg = np.diff(a.indptr).astype(np.float64)
+    step = sp.csr_matrix(sp.diags(1.0 / np.maximum(deg, 1)) @ a)
+    pushes = 0
     for lo in range(0, n_items, chunk):
-        starts = np.arange(lo, min(lo + chunk, n_items), dtype=np.int64)
-        owner = np.repeat(np.arange(len(starts)), s.num_walks)
-        cur = starts[owner]
-        live = deg[cur] > 0
-        owner, cur = owner[live], cur[live]
-        start = starts[owner]
-        seen_o, seen_v = [], []
+        starts = np.arange(lo, min(lo + chunk, n_items))
+        m = len(starts)
+        x = sp.csr_matrix((np.ones(m), (np.arange(m), starts)), shape=(m, n_nodes))
+        need = s.push_threshold / np.maximum(deg[starts], 1)
+        total = sp.csr_matrix((m, n_items))
         for _ in range(s.walk_length):
-            go = gen.random(len(cur)) >= s.restart_prob
-            owner, cur, start = owner[go], cur[go], start[go]
+            x = x * (1 - s.restart_prob)
             for _half in range(2):
-                d = deg[cur]
-                cur = nbrs[indptr[cur] + (gen.random(len(cur)) * d).astype(np.int64)].astype(np.int64)
-            hops += len(cur)
-            away = cur != start
-            seen_o.append(owner[away])
-            seen_v.append(cur[away])
-        key, count = np.unique(np.concatenate(seen_o) * n_items + np.concatenate(seen_v),
-                               return_counts=True)
-        o, v = key // n_items, key % n_items
-        order = np.lexsort((v, -count, o))
-        o, v, count = o[order], v[order], count[order]
-        first = np.searchsorted(o, np.arange(len(starts) + 1))
-        top = (np.arange(len(o)) - first[o]) < s.num_neighbors
-        totals = np.bincount(o[top], weights=count[top], minlength=len(starts))
-        _ = (v[top], (count[top] / totals[o[top]]).astype(np.float32))
-    return time.perf_counter() - t0, hops
+                rows = np.repeat(np.arange(m), np.diff(x.indptr))
+                d = deg[x.indices]
+                keep = x.data >= need[rows] * d
+                pushes += int(d[keep].sum())
+                x.data = np.where(keep, x.data, 0.0)
+                x.eliminate_zeros()
+                x = x @ step
+            total = total + x[:, :n_items]
+        total = sp.csr_matrix(total)
+        rows = np.repeat(np.arange(m), np.diff(total.indptr))
+        score = total.data / deg[total.indices] ** s.degree_exponent
+        score[total.indices == starts[rows]] = 0.0
+        order = np.lexsort((-score, rows))
+        first = np.searchsorted(rows[order], np.arange(m + 1))
+        top = order[np.arange(len(order)) - first[rows[order]] < s.num_neighbors]
+        kept = score[top]
+        _ = (total.indices[top], kept / np.maximum(np.bincount(rows[top], kept, m), 1e-300)[rows[top]])
+    return time.perf_counter() - t0, pushes
 
 
 def spark_job(spark, run_dir: str, split_version: str, n_nodes: int, n_items: int,
-              s: SampleConfig, seed: int) -> float:
+              s: SampleConfig, seed: int) -> tuple[float, dict]:
+    st = Stages(run_dir, force=True)
     t0 = time.perf_counter()
-    publish_neighbors(spark, Stages(run_dir, force=True), s, seed=seed, split_version=split_version,
-                      n_nodes=n_nodes, n_items=n_items, bipartite=True,
+    publish_neighbors(spark, st, s, seed=seed, split_version=split_version, n_nodes=n_nodes,
+                      n_items=n_items, bipartite=True,
                       partitions=2 * spark.sparkContext.defaultParallelism)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, st.result.counts["neighbors"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--users", type=int, default=400_000)
-    ap.add_argument("--items", type=int, default=100_000)
-    ap.add_argument("--edges", type=int, default=5_000_000)
-    ap.add_argument("--walks", type=int, default=1200)
-    ap.add_argument("--walk-length", type=int, default=3)
-    ap.add_argument("--restart-prob", type=float, default=0.5)
-    ap.add_argument("--join-edges", type=int, default=200_000)
-    ap.add_argument("--join-walks", type=int, default=50)
+    ap.add_argument("--users", type=int, default=120_000)
+    ap.add_argument("--items", type=int, default=30_000)
+    ap.add_argument("--edges", type=int, default=300_000)
+    ap.add_argument("--walk-length", type=int, default=SampleConfig.walk_length)
+    ap.add_argument("--restart-prob", type=float, default=SampleConfig.restart_prob)
+    ap.add_argument("--push-threshold", type=float, default=SampleConfig.push_threshold)
+    ap.add_argument("--join-edges", type=int, default=50_000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="    %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
-    s = SampleConfig(num_walks=args.walks, walk_length=args.walk_length,
-                     restart_prob=args.restart_prob, num_neighbors=10, mode="memory")
+    s = SampleConfig(walk_length=args.walk_length, restart_prob=args.restart_prob,
+                     push_threshold=args.push_threshold, num_neighbors=10, mode="memory",
+                     quality_sample=0)
     src, dst = power_law_graph(args.users, args.items, args.edges, args.seed)
     n_nodes = args.items + args.users
-    per_walk = expected_hops(s.walk_length, s.restart_prob)
     print(f"graph: {args.items:,} items, {args.users:,} users, {len(src):,} edges; "
-          f"{s.num_walks} walks/item, length {s.walk_length}, restart {s.restart_prob}")
+          f"length {s.walk_length}, restart {s.restart_prob}, push threshold {s.push_threshold:g}, "
+          f"degree exponent {s.degree_exponent}")
 
-    ref_s, ref_hops = reference(src, dst, n_nodes, args.items, s, args.seed)
-    hops = args.items * s.num_walks * per_walk
-    ref_rate = ref_hops / ref_s
-    print(f"(a) numpy reference, 1 process : {ref_s:7.2f} s  {ref_rate:12,.0f} hops/s")
+    ref_s, ref_pushes = reference(src, dst, n_nodes, args.items, s)
+    ref_rate = ref_pushes / ref_s
+    print(f"(a) scipy reference, 1 process : {ref_s:7.2f} s  {ref_rate:14,.0f} pushes/s "
+          f"({ref_pushes:,} pushes)")
 
     spark = build_spark("local[2]", app_name="bench-sampling")
     spark.range(10).count()  # JVM and Python workers up before timing
     with tempfile.TemporaryDirectory() as tmp:
         split_version = publish_split(tmp, src, dst)
-        mem_s = spark_job(spark, tmp, split_version, n_nodes, args.items, s, args.seed)
-        mem_rate = hops / mem_s
-        print(f"(b) spark memory mode, local[2]: {mem_s:7.2f} s  {mem_rate:12,.0f} hops/s")
+        mem_s, counts = spark_job(spark, tmp, split_version, n_nodes, args.items, s, args.seed)
+        mem_rate = counts["pushes"] / mem_s
+        print(f"(b) spark memory mode, local[2]: {mem_s:7.2f} s  {mem_rate:14,.0f} pushes/s "
+              f"({counts['pushes']:,} pushes, at most {counts['max_pushes_per_item']:,} per item)")
 
-    js, jd = power_law_graph(args.join_edges // 4, args.items // 10, args.join_edges, args.seed)
-    sj = SampleConfig(num_walks=args.join_walks, walk_length=s.walk_length,
-                      restart_prob=s.restart_prob, num_neighbors=10, mode="join")
-    j_nodes = args.items // 10 + args.join_edges // 4
+    j_items, j_users = args.items // 10, args.join_edges // 4
+    js, jd = power_law_graph(j_users, j_items, args.join_edges, args.seed)
+    sj = SampleConfig(walk_length=s.walk_length, restart_prob=s.restart_prob,
+                      push_threshold=s.push_threshold, num_neighbors=10, mode="join",
+                      quality_sample=0)
     with tempfile.TemporaryDirectory() as tmp:
         split_version = publish_split(tmp, js, jd)
-        join_s = spark_job(spark, tmp, split_version, j_nodes, args.items // 10, sj, args.seed)
-        join_rate = args.items // 10 * sj.num_walks * per_walk / join_s
-        print(f"(c) spark join mode, local[2]  : {join_s:7.2f} s  {join_rate:12,.0f} hops/s "
-              f"({len(js):,} edges, {sj.num_walks} walks/item)")
+        join_s, jc = spark_job(spark, tmp, split_version, j_items + j_users, j_items, sj, args.seed)
+        print(f"(c) spark join mode, local[2]  : {join_s:7.2f} s  {jc['pushes'] / join_s:14,.0f} "
+              f"pushes/s ({len(js):,} edges, {j_items:,} items)")
     spark.stop()
     print(f"sampling_speed_ratio={mem_rate / ref_rate:.2f}")
 

@@ -43,7 +43,7 @@ def main(cfg) -> None:
     n = k["neighbors"]
     print(f"         neighbors/{_status(v['neighbors'], 'neighbors' in sample.reused)}")
     print(f"  {n['items']:,} items, {n['avg_neighbors']} neighbours on average, "
-          f"{n['empty_neighborhoods']} empty, {n['walks']:,} walks ({n['mode']} mode, {n['seconds']} s)")
+          f"{n['empty_neighborhoods']} empty, {n['pushes']:,} edge pushes ({n['mode']} mode, {n['seconds']} s)")
     print(f"         pairs/{_status(v['pairs'], 'pairs' in sample.reused)}")
     print(f"  {k['pairs']['pairs']:,} positive pairs, {k['pairs']['avg_hard_candidates']} hard-negative "
           f"candidates per query")

@@ -1,7 +1,7 @@
 """Sample the latest graph: evaluation split, importance neighbourhoods, pairs, minibatches.
 
     python jobs/sample.py                           # after jobs/ingest.py
-    python jobs/sample.py sample.mode=join sample.num_walks=500
+    python jobs/sample.py sample.mode=join sample.push_threshold=0
 """
 import _paths  # noqa: F401  (must come first)
 import hydra

@@ -50,9 +50,11 @@ class IngestConfig:
 
 @dataclass
 class SampleConfig:
-    num_walks: int = 200
-    walk_length: int = 3
-    restart_prob: float = 0.5
+    walk_length: int = 3             # L: hops of the walks whose expected visits rank neighbours
+    restart_prob: float = 0.5        # α: a walk stops before each hop with this probability
+    push_threshold: float = 1e-4     # ε: pass mass on while mass/deg >= ε/deg(start); 0 = exact
+    degree_exponent: float = 0.7     # β: score = expected visits / degree^β; tuned on validation
+    quality_sample: int = 200        # items whose neighbourhoods are checked (manifest "quality")
     num_neighbors: int = 10          # T
     mode: str = "memory"             # memory | join
     partitions: int = 0              # start-node partitions; 0 = 2 x Spark's default parallelism
@@ -74,7 +76,7 @@ class ModelConfig:
     aggregator: str = "importance"
     id_embedding: str = "on"
     id_buckets: int = 100_000
-    head_layers: int = 0             # dense layers after the last conv; 2 = paper's G2 ReLU(G1 h + g)
+    head_layers: int = 0             # dense layers after the last conv (2: the paper's); tuned: 0
 
 
 @dataclass
@@ -116,24 +118,25 @@ class EvalConfig:
     baselines: List[str] = field(default_factory=lambda: [
         "popularity", "random_walk", "item_knn", "als", "ease", "node2vec", "lightgcn",
         "features_only"])
-    rw_walks: int = 2000             # random_walk: walks from each query (Pixie-style)
-    rw_walk_length: int = 3
-    rw_restart_prob: float = 0.5
-    als_factors: int = 64
+    item_knn_similarity: str = "bm25"  # item_knn: cosine | tfidf | bm25 (implicit)
+    item_knn_bm25_b: float = 1.0     # bm25: length normalisation by item degree, 0..1
+    als_factors: int = 32            # tuned on validation (64 -> 32)
     als_iterations: int = 15
     als_regularization: float = 0.01
-    ease_lambda: float = 1.0         # ease: λ as a multiple of the mean diagonal of XᵀX
+    ease_lambda: float = 10.0        # ease: λ as a multiple of the mean diagonal of X^T X
     ease_max_items: int = 30_000     # ease: skipped (with a note) above this many items
     node2vec_dim: int = 64           # node2vec: skip-gram vector size
     node2vec_walks: int = 10         # walks from every item
     node2vec_walk_length: int = 20   # hops per walk (item -> user -> item is one hop)
-    node2vec_window: int = 5         # skip-gram context window, in items
+    node2vec_window: int = 1         # skip-gram context window, in items
     node2vec_epochs: int = 5
-    lightgcn_dim: int = 64           # lightgcn: embedding size
-    lightgcn_layers: int = 3
-    lightgcn_epochs: int = 20        # passes over the training edges (BPR)
-    lightgcn_lr: float = 0.01        # Adam
-    lightgcn_batch_size: int = 2048
+    node2vec_max_tokens: int = 20_000_000  # epochs, then walks, cut to train at most this many
+    lightgcn_dim: int = 128          # lightgcn: embedding size
+    lightgcn_layers: int = 2
+    lightgcn_epochs: int = 10        # passes over the training edges (BPR)
+    lightgcn_lr: float = 0.05        # Adam
+    lightgcn_batch_size: int = 8192
+    lightgcn_max_steps: int = 200    # minibatches at most (each propagates the whole graph)
     compare_aggregators: bool = False  # train one extra model per other aggregator
     aggregators: List[str] = field(default_factory=lambda: [
         "importance", "mean", "max", "gatv2", "gated"])
@@ -144,6 +147,13 @@ class EvalConfig:
     index_nlist: int = 0             # ivf: cells; 0 = about 4 sqrt(items)
     index_nprobe: int = 16           # ivf: cells searched per query
     map_items: int = 3000            # items drawn for the t-SNE map
+
+
+@dataclass
+class AblateConfig:
+    kind: str = "validation"         # held-out rows scored (tuning never looks at test)
+    # Row name -> overrides of sample.*, model.* or train.* (conf/ablate/default.yaml lists them).
+    rows: Dict[str, List[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,6 +175,7 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    ablate: AblateConfig = field(default_factory=AblateConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     run_dir: str = "runs/${data.name}"
     seed: int = 0

@@ -33,7 +33,7 @@ def test_ablation_rows_beside_the_run(spark, tmp_path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[
             f"run_dir={tmp_path / 'run'}", "data=edges", f"data.path={path}", "data.src_col=user",
-            "data.dst_col=item", "data.time_col=ts", "sample.num_walks=20", "sample.batch_size=32",
+            "data.dst_col=item", "data.time_col=ts", "sample.batch_size=32",
             "sample.easy_negatives=8", "train.epochs=1", "model.hidden_dim=8", "eval.ks=[5]",
             "eval.bootstrap=50"])
     OmegaConf.update(cfg, "ablate.rows", {"same": ["model.hidden_dim=8"],

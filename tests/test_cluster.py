@@ -37,7 +37,7 @@ pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SPARK_BIN = Path(pyspark.__file__).parent / "bin"
-SMALL = ("sample.num_walks=40", "sample.batch_size=64", "sample.easy_negatives=40",
+SMALL = ("sample.batch_size=64", "sample.easy_negatives=40",
          "train.epochs=1", "train.easy_negatives=40", "model.hidden_dim=16",
          "infer.partitions=4", "sample.partitions=4")
 

@@ -43,7 +43,7 @@ def test_overrides_and_spark_conf_map(make_cfg):
 
 def test_types_are_checked(make_cfg):
     with pytest.raises(ConfigCompositionException) as err:
-        make_cfg("sample.num_walks=many")
+        make_cfg("sample.walk_length=many")
     assert isinstance(err.value.__cause__, ValidationError)
     with pytest.raises(ConfigCompositionException):
         make_cfg("data.no_such_key=1")

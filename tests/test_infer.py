@@ -15,11 +15,11 @@ import torch
 from pyspark.testing import assertDataFrameEqual
 
 from pipeline.errors import PipelineError
-from pipeline.infer import incremental, kernels, run_infer
+from pipeline.infer import check_compatible, incremental, kernels, run_infer
 from pipeline.io import versioned
 from pipeline.io.arrays import dense_neighbors
 from pipeline.io.embeddings import read_embeddings
-from pipeline.model import AGGREGATORS, PinSage
+from pipeline.model import AGGREGATORS, PinSage, build_model
 
 FEATURE_DIM, HIDDEN, T = 5, 8, 4
 # Widths from 16 up: MKL computes narrower outputs (8 here) with a row's bits
@@ -83,7 +83,8 @@ def publish_inputs(run_dir: str, model: PinSage, features: np.ndarray, neighbors
         out.manifest["model"] = {"feature_dim": FEATURE_DIM, "num_items": TRAINED,
                                  "num_neighbors": T, "num_layers": model.num_layers,
                                  "hidden_dim": model.hidden_dim, "aggregator": model.aggregator,
-                                 "id_embedding": id_embedding, "id_buckets": 11}
+                                 "id_embedding": id_embedding, "id_buckets": 11,
+                                 "head_layers": model.head_layers}
 
 
 def reference(model: PinSage, features: np.ndarray, neighbors: pa.Table) -> np.ndarray:
@@ -94,16 +95,17 @@ def reference(model: PinSage, features: np.ndarray, neighbors: pa.Table) -> np.n
 
 
 def setup(make_cfg, agg: str, num_layers: int = 2, id_embedding: str = "on", *overrides: str,
-          hidden: int = HIDDEN):
+          hidden: int = HIDDEN, head_layers: int = 0):
     torch.manual_seed(1)
     model = PinSage(FEATURE_DIM, hidden, num_layers, agg, num_items=TRAINED,
-                    id_embedding=id_embedding, id_buckets=11).eval()
+                    id_embedding=id_embedding, id_buckets=11, head_layers=head_layers).eval()
     features, neighbors = synthetic()
     # Small Arrow batches, so that parcels come from several batches per task and
     # each reduce partition combines its nodes in several chunks.
     cfg = make_cfg(f"model.aggregator={agg}", f"model.num_layers={num_layers}",
                    f"model.hidden_dim={hidden}", f"model.id_embedding={id_embedding}",
-                   "infer.batch_rows=13", "infer.partitions=3", *overrides)
+                   f"model.head_layers={head_layers}", "infer.batch_rows=13", "infer.partitions=3",
+                   *overrides)
     publish_inputs(cfg.run_dir, model, features, neighbors, id_embedding)
     return cfg, model, features, neighbors
 
@@ -126,9 +128,12 @@ def test_spark_equals_full_graph_embed(spark, make_cfg, agg):
                 if p.name.startswith("_") and p.name != "_SUCCESS"]
 
 
-@pytest.mark.parametrize("num_layers,id_embedding", [(0, "on"), (1, "hashed"), (3, "off")])
-def test_depths_and_id_modes(spark, make_cfg, num_layers, id_embedding):
-    cfg, model, features, neighbors = setup(make_cfg, "gated", num_layers, id_embedding)
+# The dense head runs after the input layer when K = 0 and after the last reduce otherwise.
+@pytest.mark.parametrize("num_layers,id_embedding,head_layers",
+                         [(0, "on", 2), (1, "hashed", 0), (3, "off", 2)])
+def test_depths_ids_and_head(spark, make_cfg, num_layers, id_embedding, head_layers):
+    cfg, model, features, neighbors = setup(make_cfg, "gated", num_layers, id_embedding,
+                                            head_layers=head_layers)
     emb = read_embeddings(cfg.run_dir, run_infer(spark, cfg).version)
     np.testing.assert_allclose(emb.matrix, reference(model, features, neighbors), rtol=0, atol=1e-5)
 
@@ -171,9 +176,32 @@ def test_clear_errors(spark, make_cfg):
     with pytest.raises(PipelineError, match="model.num_layers=2 but the config says"):
         run_infer(spark, cfg)
     cfg.model.num_layers = 2
+    cfg.model.head_layers = 2
+    with pytest.raises(PipelineError, match="model.head_layers=0 but the config says"):
+        run_infer(spark, cfg)
+    cfg.model.head_layers = 0
     cfg.infer.message_dtype = "int8"
     with pytest.raises(PipelineError, match="infer.message_dtype"):
         run_infer(spark, cfg)
+
+
+def test_model_published_before_head_layers_is_headless(make_cfg):
+    """A spec without ``head_layers`` passes the check as 0 and builds on the executors as 0."""
+    torch.manual_seed(0)
+    model = PinSage(FEATURE_DIM, HIDDEN, 1, "mean", num_items=TRAINED).eval()
+    old = {"feature_dim": FEATURE_DIM, "num_items": TRAINED, "num_neighbors": T, "num_layers": 1,
+           "hidden_dim": HIDDEN, "aggregator": "mean", "id_embedding": "on", "id_buckets": 11}
+    cfg = make_cfg("model.num_layers=1", f"model.hidden_dim={HIDDEN}", "model.aggregator=mean")
+    check_compatible(old, cfg.model, FEATURE_DIM, T)
+    cfg.model.head_layers = 2
+    with pytest.raises(PipelineError, match="model.head_layers=0 but the config says"):
+        check_compatible(old, cfg.model, FEATURE_DIM, T)
+    built = kernels.ModelBlob.of(model, old).build()
+    assert built.head_layers == 0 and len(built.head) == 0
+    with_head = build_model(cfg.model, FEATURE_DIM, TRAINED)
+    assert with_head.head_layers == 2
+    with pytest.raises(RuntimeError, match="head"):       # a headless checkpoint lacks G1, G2
+        with_head.load_state_dict(model.state_dict())
 
 
 def test_fanout_and_partition_keys(spark):
@@ -238,7 +266,7 @@ def test_a_node_gets_the_same_bits_in_any_batch():
     g = torch.Generator().manual_seed(3)
     for agg in AGGREGATORS:
         torch.manual_seed(2)
-        model = PinSage(FEATURE_DIM, WIDE, 1, agg, num_items=TRAINED).eval()
+        model = PinSage(FEATURE_DIM, WIDE, 1, agg, num_items=TRAINED, head_layers=2).eval()
         conv = model.convs[0]
         n = kernels.CHUNK_ROWS + 37
         node = torch.randint(0, N_ITEMS, (n,), generator=g)
@@ -250,7 +278,7 @@ def test_a_node_gets_the_same_bits_in_any_batch():
         sub = perm[:50]                                   # the same rows, other batch-mates
         with torch.no_grad():
             for fn, xs in ((model.input_layer, (node, feats)), (conv.message, (h,)),
-                           (conv.combine, (h, msgs, w, mask))):
+                           (conv.combine, (h, msgs, w, mask)), (model.output, (h,))):
                 full = kernels.fixed_shape(fn, *xs)
                 torch.testing.assert_close(kernels.fixed_shape(fn, *(x[perm] for x in xs)),
                                            full[perm], rtol=0, atol=0)
@@ -271,9 +299,10 @@ def changed_graph(features: np.ndarray, neighbors: pa.Table):
     return features, pa.Table.from_pylist(rows, schema=neighbors.schema), rows
 
 
-@pytest.mark.parametrize("agg,num_layers", [("gated", 2), ("max", 1)])
-def test_incremental_equals_a_full_run(spark, make_cfg, agg, num_layers):
-    cfg, model, features, neighbors = setup(make_cfg, agg, num_layers, hidden=WIDE)
+@pytest.mark.parametrize("agg,num_layers,head_layers", [("gated", 2, 2), ("max", 1, 0)])
+def test_incremental_equals_a_full_run(spark, make_cfg, agg, num_layers, head_layers):
+    cfg, model, features, neighbors = setup(make_cfg, agg, num_layers, hidden=WIDE,
+                                            head_layers=head_layers)
     first = run_infer(spark, cfg)
     new_features, new_neighbors, rows = changed_graph(features, neighbors)
     publish_graph(cfg.run_dir, new_features, new_neighbors,

@@ -13,9 +13,10 @@ import torch
 from pyspark.sql import types as T
 
 from pipeline.io import schemas
+from pipeline.model import PinSage
 from pipeline.train import loader as loader_mod
 from pipeline.train.features import FeatureStore, build_feature_store
-from pipeline.train.loader import (BatchLoader, LoaderError, Minibatch, assemble,
+from pipeline.train.loader import (BatchLoader, Draw, LoaderError, Minibatch, assemble,
                                    list_batch_files, read_batches)
 
 N_ITEMS, N_USERS, DIM, T_NBR, K = 40, 6, 4, 3, 2
@@ -62,7 +63,7 @@ def _make_row(batch_id: int, rng: np.random.Generator) -> dict:
             "query": rng.integers(0, n0, size=nq).tolist(),
             "positive": rng.integers(0, n0, size=nq).tolist(),
             "hard": hard,
-            "easy": rng.integers(0, n0, size=2).tolist(),
+            "easy": rng.choice(n0, size=3, replace=False).tolist(),
             "nodes": [layer.tolist() for layer in layers],
             "nbr_idx": nbr_idx,
             "nbr_weight": nbr_weight}
@@ -215,11 +216,70 @@ def test_assemble_rejects_wrong_num_neighbors(data):
         assemble(row, data["store"], T_NBR + 1)
 
 
+# Negatives drawn per epoch ------------------------------------------------------------
+
+def _ids(mb: Minibatch, local: torch.Tensor) -> list[int]:
+    return mb.nodes[0][local].tolist()
+
+
+def test_each_epoch_draws_its_own_subset_of_the_stored_negatives(data):
+    store, seen = data["store"], {}
+    for row in read_batches(_files(data)):
+        full = assemble(row, store, T_NBR)
+        pool = sorted(_ids(full, full.easy))
+        for epoch in range(12):
+            draw = Draw(easy=2, hard=1, seed=0, epoch=epoch)
+            mb = assemble(row, store, T_NBR, draw)
+            assert _same(mb, assemble(row, store, T_NBR, draw))  # (seed, epoch, batch) alone
+            easy = _ids(mb, mb.easy)
+            assert len(easy) == 2 and all(pool.count(x) >= easy.count(x) for x in easy)
+            width = min(1, max(len(c) for c in row["hard"]))
+            assert mb.hard.shape == (len(mb.query), width)
+            for q, cands in enumerate(row["hard"]):
+                got = [h for h in mb.hard[q].tolist() if h >= 0]
+                assert len(got) == min(width, len(cands))
+                assert set(_ids(mb, torch.tensor(got, dtype=torch.int64))) <= set(
+                    full.nodes[0][cands].tolist())
+            seen.setdefault(row["batch"], set()).add(tuple(sorted(easy)))
+    # Three slots give three pairs; twelve epochs draw more than one of them.
+    assert all(len(draws) > 1 for draws in seen.values())
+
+
+def test_draw_keeps_exactly_the_graph_the_drawn_nodes_need(data):
+    torch.manual_seed(0)
+    model = PinSage(feature_dim=DIM, hidden_dim=8, num_layers=K, aggregator="importance",
+                    num_items=N_ITEMS).eval()
+    store = data["store"]
+    for row in read_batches(_files(data)):
+        full = assemble(row, store, T_NBR)
+        cut = assemble(row, store, T_NBR, Draw(easy=1, hard=1, seed=3, epoch=1))
+        used = cut.query.tolist() + cut.positive.tolist() + cut.easy.tolist() + [
+            h for h in cut.hard.flatten().tolist() if h >= 0]
+        assert sorted(set(used)) == list(range(len(cut.nodes[0])))  # nothing else at layer 0
+        assert _ids(cut, cut.query) == _ids(full, full.query)
+        assert _ids(cut, cut.positive) == _ids(full, full.positive)
+        for k in range(K):
+            assert torch.equal(cut.nodes[k + 1][:len(cut.nodes[k])], cut.nodes[k])
+            assert len(set(cut.nodes[k + 1].tolist())) == len(cut.nodes[k + 1])
+            idx = cut.nbr_idx[k]
+            # Layer k+1 holds layer k and its neighbours, nothing more.
+            assert set(cut.nodes[k + 1].tolist()) == set(cut.nodes[k].tolist()) | set(
+                cut.nodes[k + 1][idx[idx >= 0]].tolist())
+        np.testing.assert_array_equal(cut.features.numpy(), data["feats"][cut.nodes[K].numpy()])
+        with torch.no_grad():
+            z_full = model(full.nodes, full.features, full.nbr_idx, full.nbr_weight)
+            z_cut = model(cut.nodes, cut.features, cut.nbr_idx, cut.nbr_weight)
+        where = {n: i for i, n in enumerate(full.nodes[0].tolist())}
+        rows = torch.tensor([where[n] for n in cut.nodes[0].tolist()])
+        torch.testing.assert_close(z_cut, z_full[rows], rtol=0, atol=1e-6)
+
+
 # Loader order and sharding ---------------------------------------------------------
 
 def test_sync_and_threaded_yield_identical_sequences(data):
     files = _files(data)
-    sync = list(BatchLoader(files, data["store"], T_NBR, prefetch=0, seed=5, epoch=2))
+    neg = dict(easy_negatives=2, hard_negatives=1)  # the same draws, whoever assembles
+    sync = list(BatchLoader(files, data["store"], T_NBR, prefetch=0, seed=5, epoch=2, **neg))
     ids = [mb.batch_id for mb in sync]
     assert sorted(ids) == list(range(sum(ROWS_PER_FILE)))
     expected = [r["batch"] for r in read_batches(
@@ -227,7 +287,7 @@ def test_sync_and_threaded_yield_identical_sequences(data):
     assert ids == expected
     for prefetch, workers in ((2, 2), (1, 3), (4, 5)):
         with BatchLoader(files, data["store"], T_NBR, prefetch=prefetch, num_workers=workers,
-                         seed=5, epoch=2) as loader:
+                         seed=5, epoch=2, **neg) as loader:
             threaded = list(loader)
             assert loader.wait_seconds >= 0
         assert [mb.batch_id for mb in threaded] == ids
@@ -295,10 +355,10 @@ def test_corrupt_file_surfaces_as_loader_error(data, tmp_path):
 def test_producer_exception_carries_its_traceback(data, monkeypatch, prefetch):
     real = loader_mod.assemble
 
-    def exploding_assemble(row, store, num_neighbors):
+    def exploding_assemble(row, *args):
         if row["batch"] == 7:
             raise RuntimeError("boom in batch 7")
-        return real(row, store, num_neighbors)
+        return real(row, *args)
 
     monkeypatch.setattr(loader_mod, "assemble", exploding_assemble)
     loader = BatchLoader(_files(data), data["store"], T_NBR, prefetch=prefetch, num_workers=3)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.config import ModelConfig
+from pipeline.errors import PipelineError
 from pipeline.model import (AGGREGATORS, PinSage, PinSageConv, build_model, hash_ids,
                             max_margin_loss)
 
@@ -220,16 +222,17 @@ def build_batch(targets, table, weights, features, num_layers):
     return nodes, features[nodes[-1]], idx, wts
 
 
-@pytest.mark.parametrize("agg,id_embedding,num_layers",
-                         [(a, "on", 2) for a in AGGREGATORS]
-                         + [("importance", "hashed", 3), ("gatv2", "off", 1), ("max", "on", 0)])
-def test_minibatch_forward_equals_full_graph(agg, id_embedding, num_layers):
+@pytest.mark.parametrize("agg,id_embedding,num_layers,head_layers",
+                         [(a, "on", 2, 0) for a in AGGREGATORS]
+                         + [("gated", "on", 2, 2), ("importance", "hashed", 3, 2),
+                            ("gatv2", "off", 1, 2), ("max", "on", 0, 1)])
+def test_minibatch_forward_equals_full_graph(agg, id_embedding, num_layers, head_layers):
     torch.manual_seed(3)
     n, feat_dim = 40, 6
     table, weights = random_graph(n)
     features = torch.randn(n, feat_dim)
     model = PinSage(feat_dim, 8, num_layers, agg, num_items=n, id_embedding=id_embedding,
-                    id_buckets=13)
+                    id_buckets=13, head_layers=head_layers)
     model.eval()
     with torch.no_grad():
         full, layers = model.full_graph_embed(torch.arange(n), features, torch.from_numpy(table),
@@ -242,6 +245,43 @@ def test_minibatch_forward_equals_full_graph(agg, id_embedding, num_layers):
             z = model(nodes, feats, idx, wts)
             torch.testing.assert_close(z, full[targets], rtol=0, atol=1e-5)
             torch.testing.assert_close(z.norm(dim=-1), torch.ones(len(targets)))
+
+
+def test_head_is_g2_relu_g1_then_normalised():
+    """``head_layers=2``: ``z = normalize(G2 ReLU(G1 h + g))`` on the last conv's output, by hand."""
+    torch.manual_seed(4)
+    n = 30
+    table, weights = random_graph(n)
+    model = PinSage(5, 8, 2, "importance", num_items=n, head_layers=2).eval()
+    sd = model.state_dict()
+    assert {k for k in sd if k.startswith("head.")} == {"head.0.weight", "head.0.bias",
+                                                          "head.2.weight"}   # G2 has no bias
+    with torch.no_grad():
+        z, layers = model.full_graph_embed(torch.arange(n), torch.randn(n, 5),
+                                           torch.from_numpy(table), torch.from_numpy(weights),
+                                           return_layers=True)
+    h = layers[-1].double().numpy()
+    g1, b1, g2 = (sd[f"head.{k}"].double().numpy() for k in ("0.weight", "0.bias", "2.weight"))
+    expected = np.maximum(h @ g1.T + b1, 0) @ g2.T
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(z.numpy(), expected, rtol=0, atol=1e-6)
+    assert not np.allclose(z.numpy(), h, atol=1e-2)                      # the head did something
+    plain = PinSage(5, 8, 2, "importance", num_items=n, head_layers=0)
+    assert not any(k.startswith("head.") for k in plain.state_dict())
+
+
+def test_old_spec_without_head_layers_builds_the_headless_model():
+    """A model published before ``head_layers`` existed loads as ``head_layers=0``."""
+    torch.manual_seed(5)
+    old = {"num_layers": 1, "hidden_dim": 8, "aggregator": "mean", "id_embedding": "on",
+           "id_buckets": 7}
+    model = build_model(SimpleNamespace(**old), 3, 10)
+    assert model.head_layers == 0 and len(model.head) == 0
+    trained = PinSage(3, 8, 1, "mean", num_items=10)          # the old model: no head keys
+    model.load_state_dict(trained.state_dict())
+    assert build_model(SimpleNamespace(**old, head_layers=2), 3, 10).head_layers == 2
+    with pytest.raises(PipelineError, match="model.head_layers must be >= 0"):
+        build_model(SimpleNamespace(**old, head_layers=-1), 3, 10)
 
 
 def test_forward_rejects_wrong_depth():

@@ -41,7 +41,7 @@ def inductive_run(spark, tmp_path_factory):
     overrides = [f"run_dir={tmp / 'run'}", "data=edges", f"data.path={path}", "data.src_col=user",
                  "data.dst_col=item", "data.time_col=ts", "eval.protocol=new_items",
                  "eval.new_item_fraction=0.3", "eval.new_item_min_degree=3",
-                 "sample.num_walks=30", "sample.batch_size=32", "sample.easy_negatives=10",
+                 "sample.batch_size=32", "sample.easy_negatives=10",
                  "sample.hard_window=[0.1,0.6]", "sample.num_hard=3", "train.epochs=2",
                  "train.max_hard_negatives=1", "model.hidden_dim=8", "eval.ks=[5,10]",
                  "eval.bootstrap=50", "eval.baselines=[popularity,item_knn]",

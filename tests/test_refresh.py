@@ -19,7 +19,7 @@ from pipeline.io import versioned
 from pipeline.refresh import Refused, lock as run_lock, rollback, run_refresh
 from pipeline.sampling import run_sample
 
-SMALL = ("sample.num_walks=40", "sample.batch_size=64", "sample.easy_negatives=40",
+SMALL = ("sample.batch_size=64", "sample.easy_negatives=40",
          "sample.hard_window=[0,0]", "train.epochs=1", "train.easy_negatives=40",
          "train.checkpoint_every=1000", "model.hidden_dim=16", "eval.ks=[10]")
 

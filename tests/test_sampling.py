@@ -12,7 +12,7 @@ from pyspark.testing import assertDataFrameEqual
 from pipeline.errors import PipelineError
 from pipeline.ingest import run_ingest
 from pipeline.io import schemas, versioned
-from pipeline.sampling import join_mode, memory_mode, run_sample, walks
+from pipeline.sampling import join_mode, memory_mode, ppr, run_sample
 
 
 def write_graph(path, n_users=60, n_items=40, per_user=8, seed=0, timed=True):
@@ -31,7 +31,7 @@ def write_graph(path, n_users=60, n_items=40, per_user=8, seed=0, timed=True):
 
 def small_cfg(make_cfg, path, *extra):
     return make_cfg("data=edges", f"data.path={path}", "data.src_col=user", "data.dst_col=item",
-                    "data.time_col=ts", "sample.num_walks=30", "sample.batch_size=16",
+                    "data.time_col=ts", "sample.batch_size=16",
                     "sample.easy_negatives=5", *extra)
 
 
@@ -49,11 +49,21 @@ def test_movielens_neighbourhoods(spark, ml):
     nb = _table(spark, cfg, "neighbors", "neighbors").toPandas()
     assert len(nb) == 1682 and sorted(nb["node"]) == list(range(1682))
     assert result.counts["neighbors"]["empty_neighborhoods"] == int((nb["neighbors"].map(len) == 0).sum())
-    for ids, w in zip(nb["neighbors"], nb["weights"]):
+    for node, ids, w in zip(nb["node"], nb["neighbors"], nb["weights"]):
         assert len(ids) <= cfg.sample.num_neighbors and len(ids) == len(w)
         if len(ids):
-            assert abs(float(np.sum(w)) - 1.0) < 1e-5
+            assert abs(float(np.sum(w)) - 1.0) < 1e-5 and node not in ids
             assert all(np.diff(w) <= 0) and len(set(ids)) == len(ids)
+    # At the defaults the top-T is the score's ranking, not noise (the bar: 90%).
+    q = result.counts["neighbors"]["quality"]
+    assert q["items"] == cfg.sample.quality_sample
+    assert q["seed_agreement"] >= 0.9 and q["exact_overlap"] >= 0.9
+    assert 0 < q["max_error_over_bound"] <= 1 and q["power_iteration_max_error"] < 1e-12
+    # Item-specific, not popularity: far fewer of the 10% most popular items than raw visits give.
+    degree = _table(spark, cfg, "split", "train_edges").groupBy("dst").count().toPandas()
+    popular = set(degree.nlargest(len(nb) // 10, "count")["dst"])
+    share = np.mean([i in popular for ids in nb["neighbors"] for i in ids])
+    assert share < 0.3          # raw visits (β = 0): 0.82 on MovieLens-100K
 
 
 def test_movielens_split_holds_out_last_two_per_user(spark, ml):
@@ -137,16 +147,21 @@ def test_partitioning_does_not_change_a_byte(spark, make_cfg, tmp_path):
 @pytest.mark.parametrize("bipartite", [True, False])
 def test_join_mode_equals_memory_mode(spark, make_cfg, tmp_path, bipartite):
     path = write_graph(tmp_path / "g.csv", n_users=30, n_items=25, per_user=5)
-    tables = {}
+    tables, counts = {}, {}
     for mode in ("memory", "join"):
         cfg = small_cfg(make_cfg, path, f"sample.mode={mode}", f"run_dir={tmp_path}/{mode}",
-                        f"data.bipartite={str(bipartite).lower()}", "eval.protocol=random_edges")
+                        f"data.bipartite={str(bipartite).lower()}", "eval.protocol=random_edges",
+                        "sample.push_threshold=0.01", "sample.quality_sample=0")
         run_ingest(spark, cfg)
-        run_sample(spark, cfg)
+        counts[mode] = run_sample(spark, cfg, training=False).counts["neighbors"]
         tables[mode] = (_table(spark, cfg, "neighbors", "neighbors"),
                         _table(spark, cfg, "neighbors", "hard_candidates"))
-    assertDataFrameEqual(tables["join"][0], tables["memory"][0])
-    assertDataFrameEqual(tables["join"][1], tables["memory"][1])
+    # Bit for bit, weights included (integer sums do not depend on Spark's order).
+    for j, m in zip(tables["join"], tables["memory"]):
+        assert sorted(j.collect()) == sorted(m.collect())
+    # The same propagation: the same work.
+    for key in ("pushes", "max_pushes_per_item"):
+        assert counts["join"][key] == counts["memory"][key] > 0
 
 
 @pytest.mark.parametrize("bipartite", [True, False])
@@ -160,23 +175,34 @@ def test_both_modes_walk_only_from_starts_as_a_full_run_would(spark, bipartite):
     src, dst, weight = src[keep], dst[keep], g.uniform(0.5, 2.0, keep.sum()).astype(np.float32)
     edges = spark.createDataFrame(pd.DataFrame({"src": src, "dst": dst, "weight": weight,
                                                 "time": None}), schemas.EDGES)
-    csr = walks.build_csr(src, dst, weight.astype(np.float64), n_items + n_users, n_items, bipartite)
-    kw = dict(num_walks=20, walk_length=3, restart_prob=0.3, seed=7, num_neighbors=5,
-              window=(5, 15), num_hard=3, partitions=3)
+    t = ppr.transitions(src, dst, weight.astype(np.float64), n_items + n_users, n_items, bipartite)
+    kw = dict(walk_length=3, restart_prob=0.3, push_threshold=0.02, degree_exponent=0.7, seed=7,
+              num_neighbors=5, window=(5, 15), num_hard=3, partitions=3)
     chosen = [0, 4, 5, 17, 29]
     starts = spark.createDataFrame(pd.DataFrame({"node": chosen}))
-    full = memory_mode.sample(spark, csr, **kw).where(F.col("node").isin(chosen))
+    full = memory_mode.sample(spark, t, **kw).where(F.col("node").isin(chosen))
     assert full.count() == len(chosen)
-    assertDataFrameEqual(memory_mode.sample(spark, csr, **kw, starts=starts), full)
+    assertDataFrameEqual(memory_mode.sample(spark, t, **kw, starts=starts), full)
     assertDataFrameEqual(join_mode.sample(spark, edges, n_items, bipartite, **kw, starts=starts),
                          full)
+    if bipartite:   # the quality check's visits of a few starts, collected (one hop: cheaper)
+        walk = dict(walk_length=1, restart_prob=0.3, push_threshold=0.02)
+        got, deg = join_mode.collect_visits(spark, edges, n_items, True, np.array(chosen),
+                                            partitions=3, **walk)
+        want = ppr.Visits.of(t, np.array(chosen), ppr.propagate(t, np.array(chosen), **walk)[0])
+        assert deg.tolist() == t.deg[chosen].tolist()
+        assert _rows(got) == _rows(want)
+
+
+def _rows(v: ppr.Visits) -> list[tuple]:
+    return sorted(zip(v.owner.tolist(), v.item.tolist(), v.mass.tolist(), v.strength.tolist()))
 
 
 def test_homogeneous_random_edges_without_times(spark, make_cfg, tmp_path):
     path = write_graph(tmp_path / "g.csv", timed=False)
     cfg = make_cfg("data=edges", f"data.path={path}", "data.src_col=user", "data.dst_col=item",
                    "data.bipartite=false", "eval.protocol=random_edges", "eval.holdout_fraction=0.2",
-                   "sample.num_walks=30", "sample.batch_size=16", "sample.easy_negatives=5")
+                   "sample.batch_size=16", "sample.easy_negatives=5")
     run_ingest(spark, cfg)
     result = run_sample(spark, cfg)
     held = _table(spark, cfg, "split", "holdout")
@@ -205,3 +231,7 @@ def test_leave_last_out_needs_times(spark, make_cfg, tmp_path):
 def test_bad_sampling_config(spark, make_cfg):
     with pytest.raises(PipelineError, match="sample.mode must be one of memory, join, got 'disk'"):
         run_sample(spark, make_cfg("sample.mode=disk"))
+    with pytest.raises(PipelineError, match=r"sample.push_threshold must be in \[0, 1 - sample"):
+        run_sample(spark, make_cfg("sample.push_threshold=0.5"))       # the start could not push
+    with pytest.raises(PipelineError, match=r"sample.walk_length must be in \[1, 64\]"):
+        run_sample(spark, make_cfg("sample.walk_length=65"))

@@ -7,14 +7,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
 import pytest
 import torch
 
+from pipeline.errors import PipelineError
+from pipeline.evaluate.data import read_live_items
 from pipeline.ingest import run_ingest
 from pipeline.io import versioned
 from pipeline.sampling import run_sample
-from pipeline.train.loader import Minibatch
-from pipeline.train.trainer import curriculum, hard_negatives, load_model, run_train
+from pipeline.train.features import cached_feature_store
+from pipeline.train.loader import Draw, assemble, list_batch_files, read_batches
+from pipeline.train.trainer import curriculum, load_model, run_train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,24 +29,31 @@ def test_curriculum_uses_n_minus_one_hard_negatives_capped():
     assert [curriculum(n, 0) for n in range(1, 4)] == [0, 0, 0]
 
 
-def _mb(hard):
-    hard = torch.tensor(hard)
-    z = torch.zeros(0, dtype=torch.int64)
-    return Minibatch(nodes=[], features=None, nbr_idx=[], nbr_weight=[], query=torch.arange(len(hard)),
-                     positive=z, easy=z, hard=hard, batch_id=3)
+def _rows(run_dir, split="train", limit=None):
+    files = list_batch_files(versioned.resolve(run_dir, "batches"), split)
+    rows = read_batches(files)
+    return [row for _, row in zip(range(limit), rows)] if limit else list(rows)
 
 
-def test_hard_negatives_come_from_candidates_never_padding():
-    mb = _mb([[5, 6, 7, -1], [8, -1, -1, -1], [-1, -1, -1, -1]])
-    idx, mask = hard_negatives(mb, 2, seed=0, epoch=2)
-    assert idx.shape == (3, 2)
-    assert set(idx[0].tolist()) <= {5, 6, 7} and mask[0].all()
-    assert idx[1, 0] == 8 and mask[1].tolist() == [True, False]
-    assert not mask[2].any()
-    again, _ = hard_negatives(mb, 2, seed=0, epoch=2)
-    assert torch.equal(idx, again)  # a function of (seed, epoch, minibatch) only
-    picks = {tuple(hard_negatives(mb, 1, seed=0, epoch=e)[0][0].tolist()) for e in range(20)}
-    assert len(picks) > 1  # but different epochs draw different candidates
+def test_each_epoch_draws_its_own_easy_negatives_never_the_batch_s_own(ml):
+    """On real MovieLens minibatches: the stored pool and every epoch's draw from it."""
+    cfg, _ = ml
+    store = cached_feature_store(cfg.run_dir, versioned.latest_version(cfg.run_dir, "graph"))
+    T, E = cfg.sample.num_neighbors, cfg.train.easy_negatives
+    assert cfg.sample.easy_negatives > E
+    for row in _rows(cfg.run_dir, limit=3):
+        ids = row["nodes"][0]
+        own = set(ids[row["query"]].tolist()) | set(ids[row["positive"]].tolist())
+        pool = ids[row["easy"]]
+        assert len(pool) == cfg.sample.easy_negatives and not set(pool.tolist()) & own
+        draws = []
+        for epoch in (1, 2):
+            mb = assemble(row, store, T, Draw(easy=E, hard=None, seed=int(cfg.seed), epoch=epoch))
+            easy = mb.nodes[0][mb.easy].numpy()
+            assert len(easy) == E and not set(easy.tolist()) & own
+            assert (np.bincount(easy, minlength=1682) <= np.bincount(pool, minlength=1682)).all()
+            draws.append(np.sort(easy))
+        assert not np.array_equal(*draws)
 
 
 def test_training_on_movielens_learns(ml):
@@ -74,15 +86,15 @@ def _popularity(cfg) -> float:
 
 
 def _small_run(spark, make_cfg, tmp_path, name, *extra):
-    import pandas as pd
     g = np.random.default_rng(0)
     rows = [(f"u{u}", f"i{g.integers(0, 30)}", 100 * u + t) for u in range(50) for t in range(6)]
     path = tmp_path / "g.csv"
     pd.DataFrame(rows, columns=["user", "item", "ts"]).to_csv(path, index=False)
     cfg = make_cfg("data=edges", f"data.path={path}", "data.src_col=user", "data.dst_col=item",
-                   "data.time_col=ts", f"run_dir={tmp_path}/{name}", "sample.num_walks=20",
+                   "data.time_col=ts", f"run_dir={tmp_path}/{name}",
                    "sample.batch_size=8", "sample.easy_negatives=5", "sample.batches_per_file=2",
-                   "model.hidden_dim=16", "train.epochs=3", "train.checkpoint_every=7", *extra)
+                   "train.easy_negatives=3", "model.hidden_dim=16", "train.epochs=3",
+                   "train.checkpoint_every=7", *extra)
     run_ingest(spark, cfg)
     run_sample(spark, cfg)
     return cfg
@@ -111,10 +123,56 @@ def test_two_process_gloo_run(spark, make_cfg, tmp_path):
         [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
          "jobs/train.py", "data=edges", f"data.path={tmp_path}/g.csv", "data.src_col=user",
          "data.dst_col=item", "data.time_col=ts", f"run_dir={cfg.run_dir}",
-         "sample.num_walks=20", "sample.batch_size=8", "sample.easy_negatives=5",
+         "sample.batch_size=8", "sample.easy_negatives=5",
          "sample.batches_per_file=2", "model.hidden_dim=16", "train.epochs=1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = versioned.read_manifest(cfg.run_dir, "model")
     assert manifest["config"]["world_size"] == 2
     assert "model/" in proc.stdout
+
+
+def test_placeholders_are_never_negatives_and_hard_candidates_travel_only_when_used(
+        spark, make_cfg, tmp_path):
+    g = np.random.default_rng(1)
+    rows = [(f"u{u}", f"i{i}", 100 * u + t) for u in range(40)
+            for t, i in enumerate(g.choice(25, size=6, replace=False))]
+    path = tmp_path / "g.csv"
+    pd.DataFrame(rows, columns=["user", "item", "ts"]).to_csv(path, index=False)
+    args = ("data=edges", f"data.path={path}", "data.src_col=user", "data.dst_col=item",
+            "data.time_col=ts", "sample.batch_size=16", "sample.easy_negatives=60",
+            "model.hidden_dim=8", "train.epochs=1")
+    cfg = make_cfg(*args)
+    run_ingest(spark, cfg)
+    # Items i3 and i8 are removed: their numbers stay, as placeholders.
+    pd.DataFrame([r for r in rows if r[1] not in ("i3", "i8")],
+                 columns=["user", "item", "ts"]).to_csv(path, index=False)
+    run_ingest(spark, cfg)
+    first = run_sample(spark, cfg)
+    live = read_live_items(cfg.run_dir, versioned.latest_version(cfg.run_dir, "graph"), 25)
+    assert (~live).sum() == 2
+    positives = np.zeros(25, dtype=np.int64)
+    for split in ("train", "validation"):
+        for row in _rows(cfg.run_dir, split):
+            ids = row["nodes"][0]
+            own = set(ids[row["query"]].tolist()) | set(ids[row["positive"]].tolist())
+            pool = ids[row["easy"]]
+            # 60 draws from ~20 live items: a placeholder would be drawn if it could be.
+            assert len(pool) == 60 and live[pool].all() and not set(pool.tolist()) & own
+            assert all(len(h) == 0 for h in row["hard"])
+            if split == "train":
+                np.add.at(positives, ids[row["positive"]], 1)
+    weights = ds.dataset(str(versioned.resolve(cfg.run_dir, "batches") / "item_weights")).to_table()
+    assert weights.column("positives").to_numpy().tolist() == positives.tolist()
+    w = weights.column("weight").to_numpy()
+    assert (w[~live] == 0).all() and (w[live] > 0).all()
+    assert first.counts["batches"]["hard_candidates"] == 0
+
+    hard = make_cfg(*args, "train.max_hard_negatives=2")
+    with pytest.raises(PipelineError, match="carry no hard candidates; re-run jobs/sample.py"):
+        run_train(hard)
+    second = run_sample(spark, hard)
+    assert second.versions["batches"] != first.versions["batches"]
+    assert {"split", "neighbors", "pairs"} <= set(second.reused)
+    assert second.counts["batches"]["hard_candidates"] == hard.sample.num_hard
+    assert any(len(h) for row in _rows(hard.run_dir) for h in row["hard"])

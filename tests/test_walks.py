@@ -1,30 +1,27 @@
-"""The NumPy walk kernel against exact computations (no Spark)."""
+"""The neighbourhood kernel (expected walk visits) and the walk primitives against exact computations (no Spark)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.sampling import rng
-from pipeline.sampling.walks import (alias_rows, build_csr, count_visits, hard_window, rank_visits,
-                                     walk)
+from pipeline.sampling import ppr, rng
+from pipeline.sampling.walks import alias_rows
 
 
-def exact_visits(src, dst, weight, n_items, n_nodes, bipartite, start, alpha, length):
-    """Expected visits per walk: sum_k (1-alpha)^k P^k, by power iteration (dense)."""
+def power_iteration(src, dst, weight, n_items, n_nodes, bipartite, alpha, length):
+    """Expected visits per walk from every item, sum_k (1-alpha)^k P^k, densely (start included)."""
     A = np.zeros((n_nodes, n_nodes))
     for s, d, w in zip(src, dst, weight):
         A[s, d] += w
         A[d, s] += w
     P = np.divide(A, A.sum(1, keepdims=True), out=np.zeros_like(A), where=A.sum(1, keepdims=True) > 0)
     hop = (P @ P) if bipartite else P
-    v = np.zeros(n_nodes)
-    v[start] = 1.0
-    total = np.zeros(n_nodes)
+    v = np.eye(n_nodes)[:n_items]
+    total = np.zeros((n_items, n_nodes))
     for _ in range(length):
         v = (1 - alpha) * v @ hop
         total += v
-    total[start] = 0.0
-    return total[:n_items]
+    return total[:, :n_items]
 
 
 BIPARTITE = dict(  # 6 items (0-5), 4 users (6-9), weighted
@@ -39,62 +36,213 @@ HOMOGENEOUS = dict(  # 7 items, a ring plus chords, one isolated item (6)
     n_items=7, n_nodes=7, bipartite=False)
 
 
-@pytest.mark.parametrize("graph", [BIPARTITE, HOMOGENEOUS], ids=["bipartite", "homogeneous"])
-@pytest.mark.parametrize("alpha,length", [(0.3, 3), (0.15, 30)])
-def test_visit_frequencies_match_exact_ppr(graph, alpha, length):
-    g = dict(graph)
-    csr = build_csr(g["src"], g["dst"], g["weight"], g["n_nodes"], g["n_items"], g["bipartite"])
-    walks = 40_000
-    for start in range(g["n_items"]):
-        expected = exact_visits(**g, start=start, alpha=alpha, length=length)
-        owner, visited = walk(csr, np.array([start]), walks, length, alpha, seed=11)
-        _, item, count = count_visits(owner, visited, g["n_items"])
-        got = np.zeros(g["n_items"])
-        got[item] = count / walks
-        # Visits per walk are bounded by the walk length; 40k walks give a
-        # standard error under 0.02 for these graphs; 0.06 is 3+ sigma.
-        np.testing.assert_allclose(got, expected, atol=0.06 if length > 3 else 0.02)
-        # Where the exact ranking is clear (gaps > 10% of the top value), the ranks agree.
-        order = np.argsort(-expected, kind="stable")
-        for a, b in zip(order, order[1:]):
-            if expected[a] - expected[b] > 0.1 * expected[order[0]]:
-                assert got[a] > got[b], (start, a, b, got, expected)
+def popular_bipartite(n_items=40, n_users=60, per_user=6, seed=0):
+    """Unit-weight user -> item edges with popularity skew: hubs, ties among rare items."""
+    g = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, n_items + 1)
+    pairs = {(n_items + u, int(i)) for u in range(n_users)
+             for i in g.choice(n_items, per_user, replace=False, p=p / p.sum())}
+    src, dst = map(np.array, zip(*sorted(pairs)))
+    return dict(src=src, dst=dst, weight=np.ones(len(src)), n_items=n_items,
+                n_nodes=n_items + n_users, bipartite=True)
 
 
-def test_top_t_agrees_with_exact_ppr_ranking():
-    g = dict(BIPARTITE)
-    csr = build_csr(g["src"], g["dst"], g["weight"], g["n_nodes"], g["n_items"], True)
-    owner, visited = walk(csr, np.arange(6), 20_000, 4, 0.3, seed=5)
-    o, item, count = count_visits(owner, visited, 6)
-    r = rank_visits(6, o, item, count, 2, (2, 3), 1)
-    for start in range(6):
-        expected = exact_visits(**g, start=start, alpha=0.3, length=4)
-        top = list(r.neighbors[r.nbr_offsets[start]:r.nbr_offsets[start + 1]])
-        exact_top = list(np.argsort(-expected, kind="stable")[:2])
-        assert top == exact_top, (start, top, expected)
+def transitions(g):
+    return ppr.transitions(g["src"], g["dst"], g["weight"], g["n_nodes"], g["n_items"],
+                           g["bipartite"])
 
 
-def test_isolated_items_get_no_visits_and_walks_never_count_the_start():
-    g = dict(HOMOGENEOUS)
-    csr = build_csr(g["src"], g["dst"], g["weight"], 7, 7, False)
-    owner, visited = walk(csr, np.arange(7), 500, 5, 0.2, seed=1)
-    assert not np.any(owner == 6)
-    assert not np.any(visited == owner)  # owner index == start node here
+def dense(visits, n_items):
+    return visits.toarray().astype(np.float64)[:, :n_items] / ppr.ONE
 
 
-def test_walks_depend_only_on_seed_start_and_walk_index():
-    g = dict(BIPARTITE)
-    csr = build_csr(g["src"], g["dst"], g["weight"], 10, 6, True)
-    a_owner, a_vis = walk(csr, np.array([0, 1, 2, 3, 4, 5]), 50, 3, 0.5, seed=9)
-    parts = [walk(csr, np.array([s]), 50, 3, 0.5, seed=9) for s in (3, 0, 5)]
-    a = count_visits(a_owner, a_vis, 6)
-    for pos, s in enumerate((3, 0, 5)):
-        _, item, count = count_visits(*parts[pos], 6)
-        mine = a[0] == s
-        np.testing.assert_array_equal(a[1][mine], item)
-        np.testing.assert_array_equal(a[2][mine], count)
-    other = count_visits(*walk(csr, np.arange(6), 50, 3, 0.5, seed=10), 6)
-    assert not np.array_equal(a[2], other[2])
+@pytest.mark.parametrize("graph", [BIPARTITE, HOMOGENEOUS, popular_bipartite()],
+                         ids=["bipartite", "homogeneous", "popular"])
+@pytest.mark.parametrize("alpha,length", [(0.3, 3), (0.5, 1), (0.15, 30)])
+def test_unpruned_visits_are_the_exact_expectation(graph, alpha, length):
+    t = transitions(graph)
+    starts = np.arange(graph["n_items"])
+    visits, _ = ppr.propagate(t, starts, walk_length=length, restart_prob=alpha, push_threshold=0.0)
+    expected = power_iteration(**graph, alpha=alpha, length=length)
+    # Integer mass in units of 2^-56: exact but for a floor per push, of up to a strength's
+    # worth of units (2^16 per unit of weight where weights are not integers, as in BIPARTITE).
+    atol = 1e-9 if t.scale != 1.0 else 1e-12
+    np.testing.assert_allclose(dense(visits, graph["n_items"]), expected, rtol=0, atol=atol)
+    reference = ppr.exact_visits(t, starts, walk_length=length, restart_prob=alpha)
+    np.testing.assert_allclose(reference.toarray(), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("eps", [0.003, 0.03, 0.1])
+def test_pruning_only_drops_mass_within_its_bound_and_bounds_the_work(eps):
+    g = popular_bipartite(n_items=60, n_users=120, per_user=8)
+    t = transitions(g)
+    starts = np.arange(g["n_items"])
+    alpha, length = 0.5, 3
+    exact = power_iteration(**g, alpha=alpha, length=length)
+    full, full_work = ppr.propagate(t, starts, walk_length=length, restart_prob=alpha,
+                                    push_threshold=0.0)
+    approx, work = ppr.propagate(t, starts, walk_length=length, restart_prob=alpha,
+                                 push_threshold=eps)
+    lost = exact - dense(approx, g["n_items"])
+    bound = (ppr.error_factor(length, alpha, True) * eps * t.strength[:g["n_items"]][None, :]
+             / np.maximum(t.deg[starts], 1)[:, None])
+    assert lost.min() > -1e-12 and (lost <= bound + 1e-12).all()
+    assert lost.max() > 1e-6                      # it did prune
+    # Each half hop pushes along at most deg(start)/eps edges; and less than unpruned.
+    assert (work <= 2 * length * t.deg[starts] / eps).all()
+    assert work.sum() < full_work.sum()
+
+
+def test_a_hub_is_pushed_only_while_it_holds_much_of_the_mass():
+    # Item 0 is linked to every other item (a libc6); items 1-40 form a ring besides.
+    n = 41
+    src = np.concatenate([np.zeros(n - 1, np.int64), np.arange(1, n)])
+    dst = np.concatenate([np.arange(1, n), np.r_[np.arange(2, n), 1]])
+    t = ppr.transitions(src, dst, np.ones(len(src)), n, n, False)
+    starts = np.arange(1, n)
+    exact, exact_work = ppr.propagate(t, starts, walk_length=3, restart_prob=0.5, push_threshold=0.0)
+    _, work = ppr.propagate(t, starts, walk_length=3, restart_prob=0.5, push_threshold=0.05)
+    # From a ring item, the hub gets a third of the mass but has 40 edges to its 3: not pushed.
+    assert (exact_work >= 40).all() and (work < 40).all()
+    _, hub_work = ppr.propagate(t, np.array([0]), walk_length=3, restart_prob=0.5,
+                                push_threshold=0.05)
+    assert 40 <= hub_work[0] <= 3 * 40 / 0.05            # L half hops of deg(s) / ε
+
+
+def brute_force_top(score_row, start, seed, k):
+    """Items by score descending, equal scores by rng.pair_key(seed, start, item); the start never."""
+    items = [i for i in np.flatnonzero(score_row > 0) if i != start]
+    tie = {i: int(rng.pair_key(seed, np.array([start]), np.array([i]))[0]) for i in items}
+    return sorted(items, key=lambda i: (-score_row[i], tie[i]))[:k]
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_neighbours_are_the_top_of_the_exact_score(beta):
+    g = popular_bipartite()
+    t = transitions(g)
+    starts = np.arange(g["n_items"])
+    visits, _ = ppr.propagate(t, starts, walk_length=3, restart_prob=0.5, push_threshold=0.0)
+    r = ppr.rank_starts(t, starts, visits, degree_exponent=beta, seed=4, num_neighbors=5,
+                        window=(5, 8), num_hard=2)
+    # Brute force on the integer masses (exact ties stay ties), the same score expression.
+    mass = visits.toarray()[:, :g["n_items"]]
+    score = ppr.scores(mass, np.broadcast_to(t.strength[:g["n_items"]], mass.shape), beta)
+    for s in starts:
+        got = list(r.neighbors[r.nbr_offsets[s]:r.nbr_offsets[s + 1]])
+        assert got == brute_force_top(score[s], s, 4, 5)
+        top = np.array([score[s, i] for i in got])
+        np.testing.assert_allclose(r.weights[r.nbr_offsets[s]:r.nbr_offsets[s + 1]],
+                                   top / top.sum(), rtol=1e-6)
+        order = brute_force_top(score[s], s, 4, 8)
+        avail = max(len(order) - 5, 0)
+        take = min(avail, 2)
+        picks = [order[5 + i * avail // take] for i in range(take)]
+        assert list(r.hard[r.hard_offsets[s]:r.hard_offsets[s + 1]]) == picks
+
+
+def test_tie_breaking_is_independent_of_node_numbering():
+    g = popular_bipartite(n_items=30, n_users=25, per_user=4, seed=0)
+    n = g["n_items"]
+    kw = dict(degree_exponent=0.7, seed=0, num_neighbors=4, window=(4, 10), num_hard=3)
+    t = transitions(g)
+    starts = np.arange(n)
+    visits, _ = ppr.propagate(t, starts, walk_length=3, restart_prob=0.5, push_threshold=0.01)
+    base = ppr.rank_starts(t, starts, visits, **kw)
+    # Exact ties among the ranks written out (0 .. 9) here, so the tie rule decides.
+    v = ppr.Visits.of(t, starts, visits)
+    score = ppr.scores(v.mass, v.strength, 0.7)
+    tied = 0
+    for s in starts:
+        row = np.sort(score[(v.owner == s) & (v.item != s)])[::-1][:10]
+        tied += bool((np.diff(row) == 0).any())
+    assert tied >= 5
+    # Renumber the items; identities (the original numbers) travel with them.
+    perm = np.random.default_rng(1).permutation(n)
+    back = np.argsort(perm)
+    relabelled = dict(g, dst=perm[g["dst"]])
+    t2 = transitions(relabelled)
+    visits2, _ = ppr.propagate(t2, perm[starts], walk_length=3, restart_prob=0.5,
+                               push_threshold=0.01)
+    v2 = ppr.Visits.of(t2, perm[starts], visits2)
+    r2 = ppr.rank(starts, v2.owner, v2.item, back[v2.item], v2.mass, v2.strength, **kw)
+    for field in ("nbr_offsets", "hard_offsets"):
+        np.testing.assert_array_equal(getattr(r2, field), getattr(base, field))
+    np.testing.assert_array_equal(back[r2.neighbors], base.neighbors)
+    np.testing.assert_array_equal(back[r2.hard], base.hard)
+    np.testing.assert_array_equal(r2.weights, base.weights)
+    # Another seed moves tied items only: rank by rank, the scores are the same.
+    other = ppr.rank_starts(t, starts, visits, **{**kw, "seed": 1})
+    assert not np.array_equal(other.neighbors, base.neighbors)
+    score_of = dict(zip(zip(v.owner.tolist(), v.item.tolist()), score.tolist()))
+    owners = np.repeat(starts, np.diff(base.nbr_offsets))
+    for r in (base, other):
+        np.testing.assert_array_equal(np.diff(r.nbr_offsets), np.diff(base.nbr_offsets))
+    np.testing.assert_array_equal([score_of[o, i] for o, i in zip(owners, other.neighbors)],
+                                  [score_of[o, i] for o, i in zip(owners, base.neighbors)])
+
+
+def test_chunks_and_start_order_do_not_change_a_neighbourhood(monkeypatch):
+    g = popular_bipartite()
+    t = transitions(g)
+    kw = dict(walk_length=3, restart_prob=0.5, push_threshold=0.01, degree_exponent=0.7, seed=3,
+              num_neighbors=5, window=(5, 12), num_hard=3)
+
+    def by_start(starts):
+        out = {}
+        for chunk, r, pushes in ppr.neighborhoods(t, starts, **kw):
+            for i, s in enumerate(chunk):
+                out[int(s)] = (r.neighbors[r.nbr_offsets[i]:r.nbr_offsets[i + 1]].tolist(),
+                               r.weights[r.nbr_offsets[i]:r.nbr_offsets[i + 1]].tolist(),
+                               r.hard[r.hard_offsets[i]:r.hard_offsets[i + 1]].tolist(),
+                               int(pushes[i]))
+        return out
+
+    whole = by_start(np.arange(g["n_items"]))
+    monkeypatch.setattr(ppr, "CHUNK_STARTS", 7)
+    assert by_start(np.random.default_rng(0).permutation(g["n_items"])) == whole
+    assert by_start(np.array([13])) == {13: whole[13]}
+
+
+def test_isolated_items_have_no_neighbours():
+    t = transitions(HOMOGENEOUS)
+    visits, pushes = ppr.propagate(t, np.arange(7), walk_length=3, restart_prob=0.2,
+                                   push_threshold=0.0)
+    assert visits[6].nnz == 0 and pushes[6] == 0
+    r = ppr.rank_starts(t, np.arange(7), visits, degree_exponent=0.5, seed=0, num_neighbors=3,
+                        window=(3, 5), num_hard=1)
+    assert r.nbr_offsets[7] == r.nbr_offsets[6] and 6 not in r.neighbors[:r.nbr_offsets[6]]
+    for s in range(6):   # the start is never its own neighbour
+        assert s not in r.neighbors[r.nbr_offsets[s]:r.nbr_offsets[s + 1]]
+
+
+def test_weights_become_integers_without_losing_ratios():
+    assert ppr.scale_of(np.array([1.0, 2.0, 5.0])) == 1.0
+    np.testing.assert_array_equal(ppr.integer_weights(np.array([1.0, 2.0, 0.0]), 1.0), [1, 2, 0])
+    s = ppr.scale_of(np.array([0.5, 1.5, 3.0]))
+    assert s == 2.0 ** 14                # a power of two: binary fractions stay exact
+    w = ppr.integer_weights(np.array([0.5, 1.5, 3.0, 0.1, 1e-9]), s)
+    np.testing.assert_array_equal(w, [8192, 24576, 49152, 1638, 1])   # a tiny weight stays an edge
+    t = ppr.transitions(np.array([2, 2, 3]), np.array([0, 1, 1]), np.array([1.0, 0.0, 2.0]),
+                        4, 2, True)
+    assert t.deg.tolist() == [1, 1, 1, 1] and t.strength.tolist() == [1, 2, 1, 2]
+
+
+def test_quality_reports_agreement_overlap_and_the_bound():
+    g = popular_bipartite(n_items=60, n_users=120, per_user=8)
+    t = transitions(g)
+    starts = np.arange(0, 60, 3)
+    kw = dict(degree_exponent=0.5, num_neighbors=5, window=(5, 10), num_hard=0)
+    exact = ppr.Visits.of(t, starts, ppr.propagate(t, starts, walk_length=3, restart_prob=0.5,
+                                                   push_threshold=0.0)[0])
+    q = ppr.quality(exact, exact, t.deg[starts], seed=0, push_threshold=0.0, factor=1.0, **kw)
+    assert q["exact_overlap"] == 1.0 and q["max_error_over_bound"] == 0.0
+    assert 0.5 < q["seed_agreement"] <= 1.0
+    approx = ppr.Visits.of(t, starts, ppr.propagate(t, starts, walk_length=3, restart_prob=0.5,
+                                                    push_threshold=0.1)[0])
+    q = ppr.quality(approx, exact, t.deg[starts], seed=0, push_threshold=0.1,
+                    factor=ppr.error_factor(3, 0.5, True), **kw)
+    assert q["exact_overlap"] < 1.0 and 0 < q["max_error_over_bound"] <= 1.0
+    assert ppr.power_iteration_error(t, exact, walk_length=3, restart_prob=0.5) < 1e-12
 
 
 def test_alias_tables_reproduce_row_weights():
@@ -124,23 +272,8 @@ def test_draws_are_uniform_and_uncorrelated_across_counters():
     np.testing.assert_allclose(np.bincount(slots) / len(slots), 1 / 7, atol=0.005)
     # High and low halves of one hash are independent draws.
     assert abs(np.corrcoef(slots, u0)[0, 1]) < 0.01
-    assert abs(rng.below(h1, 0.3).mean() - 0.3) < 0.005
-
-
-def test_rank_visits_ties_weights_and_hard_window():
-    # start 0 visited: item 5 x4, items 3 and 2 x2 (tie -> lower id first), items 7, 8, 9, 1 x1.
-    owner = np.zeros(7, dtype=np.int64)
-    item = np.array([5, 3, 2, 7, 8, 9, 1])
-    count = np.array([4, 2, 2, 1, 1, 1, 1])
-    r = rank_visits(2, owner, item, count, 3, (3, 7), 2)
-    assert list(r.nbr_offsets) == [0, 3, 3]          # start 1 has an empty neighbourhood
-    assert list(r.neighbors) == [5, 2, 3]
-    np.testing.assert_allclose(r.weights, [0.5, 0.25, 0.25])
-    assert r.weights.dtype == np.float32 and r.weights.sum() == 1.0
-    # Ranks 3..6 are items 1, 7, 8, 9; two evenly spaced picks: ranks 3 and 5.
-    assert list(r.hard) == [1, 8] and list(r.hard_offsets) == [0, 2, 2]
 
 
 def test_hard_window_scales_with_catalogue_and_skips_top_t():
-    assert hard_window(1_000_000, 0.002, 0.005, 10) == (2000, 5000)
-    assert hard_window(100, 0.0, 0.05, 10) == (10, 11)
+    assert ppr.hard_window(1_000_000, 0.002, 0.005, 10) == (2000, 5000)
+    assert ppr.hard_window(100, 0.0, 0.05, 10) == (10, 11)

@@ -24,8 +24,12 @@ from pipeline.sampling import new_items
 log = logging.getLogger(__name__)
 
 STAGE = "eval"
-BASELINES = ("popularity", "random_walk", "item_knn", "als", "features_only")
+BASELINES = ("popularity", "random_walk", "item_knn", "als", "ease", "node2vec", "lightgcn",
+             "features_only")
+ITEM_KNN_SIMILARITIES = ("cosine", "tfidf", "bm25")
 OURS = "pinsage"
+# The sample.* settings the random_walk baseline ranks with.
+RANDOM_WALK_KEYS = ("walk_length", "restart_prob", "push_threshold", "degree_exponent")
 RETRAINED = "pinsage_retrained"   # new_items: the same configuration trained with the new items
 
 
@@ -47,6 +51,19 @@ def _validate(ev) -> None:
         raise PipelineError(f"eval.baselines: unknown {unknown}; choose from {', '.join(BASELINES)}")
     if ev.bootstrap < 1:
         raise PipelineError(f"eval.bootstrap must be >= 1, got {ev.bootstrap}")
+    if ev.item_knn_similarity not in ITEM_KNN_SIMILARITIES:
+        raise PipelineError(f"eval.item_knn_similarity must be one of "
+                            f"{', '.join(ITEM_KNN_SIMILARITIES)}, got '{ev.item_knn_similarity}'")
+    if not 0 <= ev.item_knn_bm25_b <= 1:
+        raise PipelineError(f"eval.item_knn_bm25_b must be in [0, 1], got {ev.item_knn_bm25_b}")
+    for key in ("ease_lambda", "lightgcn_lr"):
+        if not ev[key] > 0:
+            raise PipelineError(f"eval.{key} must be > 0, got {ev[key]}")
+    for key in ("node2vec_dim", "node2vec_walks", "node2vec_walk_length", "node2vec_window",
+                "node2vec_epochs", "node2vec_max_tokens", "lightgcn_dim", "lightgcn_layers",
+                "lightgcn_epochs", "lightgcn_batch_size", "lightgcn_max_steps"):
+        if ev[key] < 1:
+            raise PipelineError(f"eval.{key} must be >= 1, got {ev[key]}")
     if ev.compare_aggregators:
         for agg in ev.aggregators:
             try:
@@ -97,15 +114,46 @@ def _methods(cfg, data: eval_data.EvalData, kmax: int, notes: dict) -> dict[str,
         if name == "popularity":
             out[name] = lambda q: baselines.popularity(data, q, kmax)
         elif name == "random_walk":
+            smp = cfg.sample   # the sampler's own ranking, with its settings
             out[name] = lambda q: baselines.random_walk(
-                data, q, kmax, num_walks=ev.rw_walks, walk_length=ev.rw_walk_length,
-                restart_prob=ev.rw_restart_prob, seed=seed)
+                data, q, kmax, walk_length=smp.walk_length, restart_prob=smp.restart_prob,
+                push_threshold=smp.push_threshold, degree_exponent=smp.degree_exponent, seed=seed)
         elif name == "item_knn":
-            out[name] = lambda q: baselines.item_knn(data, q, kmax)
+            out[name] = lambda q: baselines.item_knn(data, q, kmax,
+                                                     similarity=ev.item_knn_similarity,
+                                                     bm25_b=ev.item_knn_bm25_b)
         elif name == "als":
             out[name] = lambda q: baselines.als(data, q, kmax, factors=ev.als_factors,
                                                 iterations=ev.als_iterations,
                                                 regularization=ev.als_regularization, seed=seed)
+        elif name == "ease":
+            if data.n_items > ev.ease_max_items:
+                notes[name] = (f"skipped: {data.n_items} items > eval.ease_max_items="
+                               f"{ev.ease_max_items} (EASE inverts a dense items x items matrix)")
+                continue
+            out[name] = lambda q: baselines.ease(data, q, kmax, relative_lambda=ev.ease_lambda)
+        elif name == "node2vec":
+            walks_n, epochs = baselines.node2vec_budget(
+                int((data.degree > 0).sum()), ev.node2vec_walks, ev.node2vec_walk_length,
+                ev.node2vec_epochs, ev.node2vec_max_tokens)
+            if (walks_n, epochs) != (ev.node2vec_walks, ev.node2vec_epochs):
+                notes[name] = (f"cut to {epochs} of {ev.node2vec_epochs} epochs, {walks_n} of "
+                               f"{ev.node2vec_walks} walks per item, to fit "
+                               f"eval.node2vec_max_tokens={ev.node2vec_max_tokens:,}")
+            out[name] = lambda q, w=walks_n, e=epochs: baselines.node2vec(
+                data, q, kmax, dim=ev.node2vec_dim, walks_per_item=w,
+                walk_length=ev.node2vec_walk_length, window=ev.node2vec_window, epochs=e,
+                seed=seed)
+        elif name == "lightgcn":
+            steps = baselines.lightgcn_steps(data, ev.lightgcn_epochs, ev.lightgcn_batch_size)
+            if steps > ev.lightgcn_max_steps:
+                notes[name] = (f"stopped after eval.lightgcn_max_steps={ev.lightgcn_max_steps} "
+                               f"minibatches, {ev.lightgcn_max_steps / steps * ev.lightgcn_epochs:.1f}"
+                               f" of {ev.lightgcn_epochs} epochs")
+            out[name] = lambda q: baselines.lightgcn(
+                data, q, kmax, dim=ev.lightgcn_dim, layers=ev.lightgcn_layers,
+                epochs=ev.lightgcn_epochs, max_steps=ev.lightgcn_max_steps, lr=ev.lightgcn_lr,
+                batch_size=ev.lightgcn_batch_size, seed=seed)
         elif name == "features_only":
             if not data.feature_names:
                 notes[name] = "skipped: the graph has no item features"
@@ -129,6 +177,8 @@ def run_evaluate(cfg) -> EvalResult:
                         seed=seed)
     inputs = {"split": data.split_version, "embeddings": emb.version, "index": idx.version}
     params = {"eval": OmegaConf.to_container(ev, resolve=True), "seed": seed}
+    if "random_walk" in ev.baselines:   # it ranks with the sampler's settings
+        params["random_walk"] = {k: cfg.sample[k] for k in RANDOM_WALK_KEYS}
     if ev.compare_aggregators or new_items.is_inductive(run_dir, data.split_version):
         params["variants"] = {"model": OmegaConf.to_container(cfg.model, resolve=True),
                               "train": OmegaConf.to_container(cfg.train, resolve=True)}

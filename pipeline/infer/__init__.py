@@ -11,7 +11,9 @@ layer k is computed exactly once. For k = 1..K:
 * **reduce**: each partition receives the messages its nodes need and the
   nodes' own rows (``h^{k-1}``, neighbour list); ``PinSageConv.combine``
   aggregates each node's messages, in their list slots, into ``h^k``, and
-  the same task computes and routes the next layer's messages.
+  the same task computes and routes the next layer's messages; after the
+  last one, ``PinSage.output`` (the dense head, then the L2 norm) gives the
+  embeddings.
 
 The model is broadcast once and all numeric work runs in ``mapInArrow`` on
 Arrow batches through the trainer's own code (:mod:`pipeline.infer.kernels`).
@@ -45,6 +47,7 @@ from pipeline.errors import PipelineError
 from pipeline.infer import incremental, kernels
 from pipeline.io import schemas, versioned
 from pipeline.io.embeddings import STAGE, TABLE
+from pipeline.model import spec_value
 from pipeline.train.trainer import STAGE as MODEL_STAGE
 from pipeline.train.trainer import load_model
 
@@ -55,7 +58,7 @@ EMBEDDING_SCHEMA = "node long, id string, embedding array<float>"
 # when infer.partitions=0: a reduce task holds its whole partition, a few hundred MB.
 REDUCE_ROWS_PER_PARTITION = 2_000_000
 # Model fields that must match the configuration the user asks for.
-MODEL_FIELDS = ("num_layers", "hidden_dim", "aggregator", "id_embedding")
+MODEL_FIELDS = ("num_layers", "hidden_dim", "aggregator", "id_embedding", "head_layers")
 
 
 @dataclass
@@ -79,8 +82,9 @@ def _validate(cfg) -> None:
 def check_compatible(spec: dict, cfg_model, feature_dim: int, num_neighbors: int) -> None:
     """The published model must fit the configuration, the graph's features and the neighbours."""
     for name in MODEL_FIELDS:
-        if str(spec[name]) != str(cfg_model[name]):
-            raise PipelineError(f"the latest model was trained with model.{name}={spec[name]} "
+        trained = spec_value(spec, name)
+        if str(trained) != str(cfg_model[name]):
+            raise PipelineError(f"the latest model was trained with model.{name}={trained} "
                                 f"but the config says model.{name}={cfg_model[name]}; "
                                 f"run jobs/train.py with this config or drop the override")
     if spec["feature_dim"] != feature_dim:

@@ -2,7 +2,8 @@
 
 Each function takes and returns ``pyarrow.RecordBatch`` so that Spark's
 ``mapInArrow`` can call it; the maths is the trainer's own
-(``PinSage.input_layer``, ``PinSageConv.message`` and ``PinSageConv.combine``).
+(``PinSage.input_layer``, ``PinSageConv.message``, ``PinSageConv.combine`` and,
+after the last layer, ``PinSage.output``: the dense head and the L2 norm).
 Vectors travel between stages as fixed-width ``binary`` cells (the raw bytes of
 one row), which Arrow hands to NumPy/PyTorch without a per-value conversion.
 """
@@ -17,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-import torch.nn.functional as F
 
 from pipeline.io.arrays import pad_lists
 from pipeline.model import PinSage, build_model
@@ -230,9 +230,10 @@ def step(model: PinSage, j: int, own: pa.RecordBatch, h: torch.Tensor, *,
     yield from pack(OWN, nxt, _numpy(nxt, "part", np.int32), keys)
 
 
-def embedding_batch(node: np.ndarray, ids: pa.Array, h: torch.Tensor) -> pa.RecordBatch:
-    """Rows of ``schemas.EMBEDDINGS``: the final representations, L2-normalised."""
-    z = fixed_shape(lambda x: F.normalize(x, dim=-1, eps=1e-12), h).contiguous().numpy().astype(np.float32, copy=False)
+def embedding_batch(model: PinSage, node: np.ndarray, ids: pa.Array, h: torch.Tensor
+                    ) -> pa.RecordBatch:
+    """Rows of ``schemas.EMBEDDINGS``: ``PinSage.output`` (head, L2 norm) of the last ``h``."""
+    z = fixed_shape(model.output, h).contiguous().numpy().astype(np.float32, copy=False)
     n, d = z.shape
     emb = pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)[:n + 1]),
                                    pa.array(z.reshape(-1)))
@@ -257,7 +258,7 @@ def input_layer(model: PinSage, batches: Iterator[pa.RecordBatch], *, num_neighb
             h = (fixed_shape(model.input_layer, torch.tensor(node), feats) if feats is not None
                  else fixed_shape(lambda n: model.input_layer(n, None), torch.tensor(node)))
             if model.num_layers == 0:
-                yield embedding_batch(node, rb.column("id"), h)
+                yield embedding_batch(model, node, rb.column("id"), h)
                 continue
             nbrs, wts = pad_lists(rb.column("neighbors"), rb.column("weights"), num_neighbors)
             own = pa.RecordBatch.from_arrays(
@@ -312,6 +313,6 @@ def reduce_layer(model: PinSage, k: int, batches: Iterator[pa.RecordBatch], *,
         with torch.no_grad():
             h = fixed_shape(conv.combine, decode(rb.column("h"), conv.in_dim), msgs, weight, mask)
             if k == model.num_layers - 1:
-                yield embedding_batch(_numpy(rb, "node", np.int64), rb.column("id"), h)
+                yield embedding_batch(model, _numpy(rb, "node", np.int64), rb.column("id"), h)
             else:
                 yield from step(model, k + 1, rb, h, message_dtype=message_dtype, keys=keys)

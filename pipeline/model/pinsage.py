@@ -1,11 +1,11 @@
-"""The PinSage model: an input layer and K stacked PinSage convolutions.
+"""The PinSage model: an input layer, K stacked PinSage convolutions and a dense head.
 
 Layer convention: conv 0 is applied first (bottom). With a K-layer minibatch,
 the nodes of layer k (0 = targets) get their representation from conv
 ``K-1-k`` applied to layer k+1's; in ``full_graph_embed`` conv c is applied to
 every node in turn, c = 0 .. K-1. Both therefore give each node the same
 value, which is what lets Spark inference run one ``layer()`` per pass over
-all nodes.
+all nodes, then ``output()`` (head and L2 norm) on the last layer.
 """
 from __future__ import annotations
 
@@ -37,30 +37,51 @@ def hash_ids(node_ids: torch.Tensor, buckets: int) -> torch.Tensor:
     return ((x * HASH_MULTIPLIER) & _LOW32) % buckets
 
 
+def dense_head(dim: int, layers: int) -> nn.Sequential:
+    """PinSage's final dense layers (Algorithm 2: ``z = G2 ReLU(G1 h + g)``), ``layers`` deep.
+
+    ``layers - 1`` blocks ``Linear(dim, dim) -> ReLU``, then ``Linear(dim, dim)``
+    without bias, as the paper's G2 has none. 0 layers: the identity (the model
+    ends at the last convolution); 2: the paper's head, Linear -> ReLU -> Linear.
+    As after a convolution's ReLU, a node whose ReLU output is all zero gets the
+    zero vector, which the final L2 norm keeps at 0.
+    """
+    blocks: list[nn.Module] = []
+    for _ in range(layers - 1):
+        blocks += [nn.Linear(dim, dim), nn.ReLU()]
+    if layers:
+        blocks.append(nn.Linear(dim, dim, bias=False))
+    return nn.Sequential(*blocks)
+
+
 class PinSage(nn.Module):
-    """Item embeddings from features and/or a learnable ID embedding, then K convolutions.
+    """Item embeddings from features and/or a learnable ID embedding, K convolutions, a head.
 
     ``id_embedding``: ``"on"`` one row per item 0..num_items-1, ``"off"``
     features only, ``"hashed"`` ``id_buckets`` rows shared through ``hash_ids``
     (bounded memory for huge or growing catalogues). With ``"on"`` an item
     added after training (id >= num_items) has no row: its ID contribution is
     zero, so it is embedded from its features and neighbours alone (inductive).
+    ``head_layers``: dense layers after the last convolution (:func:`dense_head`).
     """
 
     def __init__(self, feature_dim: int, hidden_dim: int, num_layers: int, aggregator: str,
-                 num_items: int, id_embedding: str = "on", id_buckets: int = 100_000):
+                 num_items: int, id_embedding: str = "on", id_buckets: int = 100_000,
+                 head_layers: int = 0):
         super().__init__()
         check_aggregator(aggregator)
         if id_embedding not in ID_EMBEDDINGS:
             raise ValueError(f"unknown id_embedding {id_embedding!r}; "
                              f"expected one of {ID_EMBEDDINGS}")
-        if feature_dim < 0 or hidden_dim < 1 or num_layers < 0:
-            raise ValueError(f"need feature_dim >= 0, hidden_dim >= 1, num_layers >= 0; got "
-                             f"{feature_dim}, {hidden_dim}, {num_layers}")
+        if feature_dim < 0 or hidden_dim < 1 or num_layers < 0 or head_layers < 0:
+            raise ValueError(f"need feature_dim >= 0, hidden_dim >= 1, num_layers >= 0, "
+                             f"head_layers >= 0; got {feature_dim}, {hidden_dim}, {num_layers}, "
+                             f"{head_layers}")
         if feature_dim == 0 and id_embedding == "off":
             raise ValueError("the model has no input: feature_dim is 0 and id_embedding is 'off'")
         self.feature_dim, self.hidden_dim, self.num_layers = feature_dim, hidden_dim, num_layers
         self.aggregator, self.id_embedding, self.id_buckets = aggregator, id_embedding, id_buckets
+        self.head_layers = head_layers
 
         self.feature_proj = nn.Linear(feature_dim, hidden_dim) if feature_dim > 0 else None
         rows = {"on": num_items, "hashed": id_buckets}.get(id_embedding)
@@ -72,6 +93,7 @@ class PinSage(nn.Module):
             nn.init.normal_(self.id_emb.weight, std=1.0 / math.sqrt(hidden_dim))
         self.convs = nn.ModuleList(PinSageConv(hidden_dim, hidden_dim, aggregator)
                                    for _ in range(num_layers))
+        self.head = dense_head(hidden_dim, head_layers)
 
     def input_layer(self, node_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
         """(n, hidden): projected features plus the node's ID embedding (0 for unseen ids)."""
@@ -93,6 +115,10 @@ class PinSage(nn.Module):
         """Apply conv ``k`` (0 = bottom) to any number of nodes."""
         return self.convs[k](h_self, h_nbr, weight, mask)
 
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """The embedding from the last layer's representation: the head, then the L2 norm."""
+        return F.normalize(self.head(h), dim=-1, eps=NORM_EPS)
+
     def forward(self, nodes: Sequence[torch.Tensor], features: torch.Tensor | None,
                 nbr_idx: Sequence[torch.Tensor], nbr_weight: Sequence[torch.Tensor]
                 ) -> torch.Tensor:
@@ -111,7 +137,7 @@ class PinSage(nn.Module):
             idx = nbr_idx[k].to(torch.int64)
             h = self.layer(K - 1 - k, h[:len(nodes[k])], h[idx.clamp_min(0)],
                            nbr_weight[k], idx >= 0)
-        return F.normalize(h, dim=-1, eps=NORM_EPS)
+        return self.output(h)
 
     def full_graph_embed(self, node_ids: torch.Tensor, features: torch.Tensor | None,
                          nbr_table: torch.Tensor, nbr_weight: torch.Tensor,
@@ -123,7 +149,8 @@ class PinSage(nn.Module):
 
         ``nbr_table`` (N, T) holds row indices into ``node_ids`` (-1 = padding).
         With ``return_layers`` the list [input, after conv 0, ..., after conv
-        K-1] is returned as well, for layer-by-layer exactness checks.
+        K-1] (before the head) is returned as well, for layer-by-layer
+        exactness checks.
         """
         idx = nbr_table.to(torch.int64)
         safe, mask = idx.clamp_min(0), idx >= 0
@@ -132,5 +159,5 @@ class PinSage(nn.Module):
         for conv in self.convs:
             h = conv.combine(h, conv.message(h)[safe], nbr_weight, mask)
             layers.append(h)
-        out = F.normalize(h, dim=-1, eps=NORM_EPS)
+        out = self.output(h)
         return (out, layers) if return_layers else out

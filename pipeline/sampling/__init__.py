@@ -3,8 +3,9 @@
 Publishes four stages, each reused when its inputs and config are unchanged:
 
 * ``split``: ``train_edges`` (the graph the rest may see) and ``holdout``;
-* ``neighbors``: ``neighbors`` (top-T most visited items, weights = visit
-  share) and ``hard_candidates`` (items in the hard window of the ranking);
+* ``neighbors``: ``neighbors`` (top-T items by degree-corrected expected walk
+  visits, weights = score share) and ``hard_candidates`` (items in the hard
+  window of the same ranking);
 * ``pairs``: ``pairs`` (query, positive) and ``hard_negatives`` (per query,
   candidates minus its positives);
 * ``batches``: ``train`` and ``validation``, one row per minibatch, and
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import OmegaConf
@@ -32,7 +34,8 @@ from pipeline.io import schemas, versioned
 from pipeline.io.arrays import dense_neighbors
 from pipeline.sampling import batches as batching
 from pipeline.sampling import incremental, join_mode, memory_mode, new_items, pairs as pairing, split as splitting
-from pipeline.sampling.walks import hard_window
+from pipeline.sampling import ppr
+from pipeline.sampling.ppr import MAX_WALK_LENGTH, hard_window
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +66,13 @@ def _validate(cfg) -> None:
     s = cfg.sample
     if s.mode not in MODES:
         raise PipelineError(f"sample.mode must be one of {', '.join(MODES)}, got '{s.mode}'")
-    checks = [(s.num_walks >= 1, "sample.num_walks must be >= 1"),
-              (s.walk_length >= 1, "sample.walk_length must be >= 1"),
+    checks = [(1 <= s.walk_length <= MAX_WALK_LENGTH,
+               f"sample.walk_length must be in [1, {MAX_WALK_LENGTH}]"),
               (0 <= s.restart_prob < 1, "sample.restart_prob must be in [0, 1)"),
+              (0 <= s.push_threshold < 1 - s.restart_prob,
+               "sample.push_threshold must be in [0, 1 - sample.restart_prob) (0 = exact)"),
+              (s.degree_exponent >= 0, "sample.degree_exponent must be >= 0"),
+              (s.quality_sample >= 0, "sample.quality_sample must be >= 0 (0 = no check)"),
               (s.num_neighbors >= 1, "sample.num_neighbors must be >= 1"),
               (s.batch_size >= 1, "sample.batch_size must be >= 1"),
               (0 <= s.val_fraction < 1, "sample.val_fraction must be in [0, 1)"),
@@ -114,60 +121,96 @@ class Stages:
         self.result.counts[stage] = counts
 
 
-def expected_hops(walk_length: int, restart_prob: float) -> float:
-    """Mean item-to-item hops of one walk: sum over k of (1 - restart_prob)^k."""
-    return sum((1 - restart_prob) ** k for k in range(1, walk_length + 1))
+def neighbor_params(s, seed: int) -> dict:
+    """What neighbourhoods depend on besides the graph: the fingerprint, and what an
+    incremental run must find unchanged to reuse rows."""
+    return {"walk_length": s.walk_length, "restart_prob": s.restart_prob,
+            "push_threshold": s.push_threshold, "degree_exponent": s.degree_exponent,
+            "num_neighbors": s.num_neighbors, "hard_window": list(s.hard_window),
+            "num_hard": s.num_hard, "seed": seed}
+
+
+def _quality(spark: SparkSession, s, seed: int, window: tuple[int, int], n_items: int,
+             bipartite: bool, *, transitions=None, train_edges: DataFrame | None = None,
+             partitions: int = 1) -> dict:
+    """:func:`ppr.quality` on a seeded sample of items, by the mode's own propagation;
+    memory mode also checks the unpruned visits against float64 power iteration."""
+    t0 = time.perf_counter()
+    chosen = np.sort(np.random.default_rng(seed).choice(
+        n_items, size=min(s.quality_sample, n_items), replace=False)).astype(np.int64)
+    walk = dict(walk_length=s.walk_length, restart_prob=s.restart_prob)
+
+    def visits(eps: float) -> tuple[ppr.Visits, np.ndarray]:
+        if transitions is None:
+            return join_mode.collect_visits(spark, train_edges, n_items, bipartite, chosen,
+                                            push_threshold=eps, partitions=partitions, **walk)
+        m, _ = ppr.propagate(transitions, chosen, push_threshold=eps, **walk)
+        return ppr.Visits.of(transitions, chosen, m), transitions.deg[chosen]
+
+    approx, start_deg = visits(s.push_threshold)
+    exact = visits(0.0)[0] if s.push_threshold > 0 else approx
+    out = ppr.quality(approx, exact, start_deg, seed=seed, push_threshold=s.push_threshold,
+                      factor=ppr.error_factor(s.walk_length, s.restart_prob, bipartite),
+                      degree_exponent=s.degree_exponent, num_neighbors=s.num_neighbors,
+                      window=window, num_hard=0)
+    if transitions is not None:
+        out["power_iteration_max_error"] = ppr.power_iteration_error(transitions, exact, **walk)
+    return {**out, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_version: str,
                       n_nodes: int, n_items: int, bipartite: bool, partitions: int,
                       neighbors_from: str | None = None) -> str:
-    """Walk from every item of the ``split`` stage's training graph; publish ``neighbors``.
+    """Rank every item's neighbours on the ``split`` stage's training graph; publish ``neighbors``.
 
-    ``neighbors_from``: a previous ``neighbors`` version whose rows are reused
-    for every item no changed edge can reach (:mod:`pipeline.sampling.incremental`);
-    the table equals a full run's, so the fingerprint is the same.
+    The score is the walks' expected visits, corrected for degree
+    (:mod:`pipeline.sampling.ppr`). ``neighbors_from``: a previous
+    ``neighbors`` version whose rows are reused for every item no changed edge
+    can reach (:mod:`pipeline.sampling.incremental`); the table equals a full
+    run's, so the fingerprint is the same.
     """
     window = hard_window(n_items, s.hard_window[0], s.hard_window[1], s.num_neighbors)
-    walk_params = {"num_walks": s.num_walks, "walk_length": s.walk_length,
-                   "restart_prob": s.restart_prob, "num_neighbors": s.num_neighbors,
-                   "hard_window": list(s.hard_window), "num_hard": s.num_hard, "seed": seed}
+    params = neighbor_params(s, seed)
     inputs = {"split": split_version}
-    fp = st.fingerprint("neighbors", inputs, walk_params)
+    fp = st.fingerprint("neighbors", inputs, params)
     if st.reuse("neighbors", fp):
         return st.result.versions["neighbors"]
     t0 = time.perf_counter()
     edges_dir = str(versioned.resolve(st.run_dir, "split", split_version) / "train_edges")
-    plan, why = (incremental.plan(st.run_dir, neighbors_from, split_version, walk_params, window,
+    plan, why = (incremental.plan(st.run_dir, neighbors_from, split_version, params, window,
                                   n_items, n_nodes, bipartite) if neighbors_from else (None, ""))
     if why:
-        log.info("walking from every item: cannot reuse neighbors/%s: %s", neighbors_from, why)
+        log.info("ranking every item: cannot reuse neighbors/%s: %s", neighbors_from, why)
     starts = (spark.createDataFrame(pa.table({"node": plan.starts}).to_pandas())
               if plan is not None else None)
-    kw = dict(num_walks=s.num_walks, walk_length=s.walk_length, restart_prob=s.restart_prob,
-              seed=seed, num_neighbors=s.num_neighbors, window=window, num_hard=s.num_hard,
+    kw = dict(walk_length=s.walk_length, restart_prob=s.restart_prob,
+              push_threshold=s.push_threshold, degree_exponent=s.degree_exponent, seed=seed,
+              num_neighbors=s.num_neighbors, window=window, num_hard=s.num_hard,
               partitions=partitions, starts=starts)
+    transitions, train_edges = None, None
     if s.mode == "memory":
-        csr = memory_mode.load_csr(edges_dir, n_nodes, n_items, bipartite)
-        log.info("CSR: %d nodes, %d adjacency slots, %s, loaded in %.1fs", n_nodes, len(csr.nbrs),
-                 "weighted" if csr.prob is not None else "unweighted", time.perf_counter() - t0)
-        ranked = memory_mode.sample(spark, csr, **kw)
+        transitions = memory_mode.load_transitions(edges_dir, n_nodes, n_items, bipartite)
+        log.info("CSR: %d nodes, %d adjacency slots, weight scale %g, loaded in %.1fs", n_nodes,
+                 len(transitions.nbrs), transitions.scale, time.perf_counter() - t0)
+        ranked = memory_mode.sample(spark, transitions, **kw)
     else:
         train_edges = spark.read.schema(schemas.EDGES).parquet(edges_dir)
         ranked = join_mode.sample(spark, train_edges, n_items, bipartite, **kw)
-    with st.publish("neighbors", fp, inputs, {**walk_params, "mode": s.mode}) as out:
-        # Two tables come from one walk: write it once, then split the columns
-        # (a Parquet column read is far cheaper than walking twice or caching).
+    with st.publish("neighbors", fp, inputs, {**params, "mode": s.mode}) as out:
+        # Two tables come from one propagation: write it once, then split the
+        # columns (a Parquet column read is far cheaper than computing twice or caching).
         walked_dir = str(out.path / "walked")
         if plan is not None:
             prev_dir = versioned.check_version(st.run_dir, "neighbors", plan.previous)
             kept = (spark.read.parquet(str(prev_dir / "neighbors"))
                     .join(spark.read.parquet(str(prev_dir / "hard_candidates")), "node")
-                    .join(starts, "node", "left_anti").where(F.col("node") < n_items))
+                    .join(starts, "node", "left_anti").where(F.col("node") < n_items)
+                    .withColumn("pushes", F.lit(0).cast("long")))
             ranked = ranked.unionByName(kept.select(*ranked.columns))
         _write(ranked, walked_dir, "node", ROWS_PER_FILE, n_items)
         walked = spark.read.parquet(walked_dir)
-        log.info("walked %d items in %.1fs", n_items, time.perf_counter() - t0)
+        work = walked.agg(F.sum("pushes").alias("total"), F.max("pushes").alias("max")).first()
+        log.info("ranked %d items in %.1fs", n_items, time.perf_counter() - t0)
         for table, cols in (("neighbors", ["node", "neighbors", "weights"]),
                             ("hard_candidates", ["node", "hard"])):
             walked.select(*cols).sortWithinPartitions("node").write.parquet(out.table_path(table))
@@ -177,17 +220,23 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
                             F.sum((F.size("neighbors") == 0).cast("int")).alias("empty"),
                             F.avg(F.size("neighbors")).alias("avg")).first()
         seconds = time.perf_counter() - t0
-        walked_items = n_items if plan is None else len(plan.starts)
-        hops = walked_items * s.num_walks * expected_hops(s.walk_length, s.restart_prob)
+        recomputed = n_items if plan is None else len(plan.starts)
+        pushes = int(work["total"] or 0)
         counts = {"items": int(stats["items"]), "empty_neighborhoods": int(stats["empty"] or 0),
                   "avg_neighbors": round(float(stats["avg"] or 0), 3),
-                  "walks": walked_items * s.num_walks, "hard_window_ranks": list(window),
-                  "recomputed_items": walked_items,
+                  "hard_window_ranks": list(window),
+                  "recomputed_items": recomputed,
                   "reused_items": 0 if plan is None else plan.reused,
                   "reused_from": None if plan is None else plan.previous,
                   "changed_edges": None if plan is None else plan.changed_edges,
                   "mode": s.mode, "seconds": round(seconds, 2),
-                  "expected_hops_per_second": round(hops / seconds)}
+                  "pushes": pushes, "max_pushes_per_item": int(work["max"] or 0),
+                  "pushes_per_second": round(pushes / seconds)}
+        if s.quality_sample:
+            counts["quality"] = _quality(spark, s, seed, window, n_items, bipartite,
+                                         transitions=transitions, train_edges=train_edges,
+                                         partitions=partitions)
+            log.info("neighbourhood quality: %s", counts["quality"])
         out.manifest.update({"counts": counts, "schema": {
             "neighbors": schemas.describe(schemas.NEIGHBORS),
             "hard_candidates": {"node": "bigint", "hard": "array<bigint>"}}})

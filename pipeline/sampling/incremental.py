@@ -1,14 +1,16 @@
-"""Incremental neighbourhoods: walk again only from items whose walks can see a change.
+"""Incremental neighbourhoods: rank again only the items whose visits can see a change.
 
-A walk is a function of the seed, its start, its index and the adjacency rows
-(neighbours and weights, hence alias tables) of the nodes it stands on before
-each half hop; the random numbers never depend on the graph. A walk of at most
-``walk_length`` hops reads the rows of the nodes at half-hop positions
-``0 .. 2 * walk_length - 1`` (bipartite) or hop positions ``0 .. walk_length - 1``
-(item-item). So an item whose every walk stays clear of the endpoints of the
-changed edges, in the old graph and in the new, walks exactly as before, and
-its previous neighbourhood and hard candidates are reused as they are: the
-result equals a full re-sample bit for bit.
+An item's neighbourhood is a function of the seed and of the adjacency rows
+(neighbours, integer weights, hence degrees and strengths) of the nodes its
+mass is pushed from — half-hop positions ``0 .. 2L-1`` (bipartite) or hop
+positions ``0 .. L-1`` (item-item) — and of the strength of the items it
+reaches at the end (the score divides by ``degree^β``): positions up to
+``2L`` or ``L``. So an item with no endpoint of a changed edge within that
+many half hops, in the old graph and in the new, gets exactly the same
+propagation, scores and tie-breaks, and its previous neighbourhood and hard
+candidates are reused as they are: the result equals a full re-sample bit for
+bit. A change of the weight quantisation (:func:`pipeline.sampling.ppr.scale_of`,
+which moves only for non-integer weights) changes every row: then nothing is reused.
 
 Needs the previous version's numbering (ingest carries the id map over: items
 keep their numbers; users move by the number of item slots added).
@@ -24,18 +26,15 @@ import scipy.sparse as sp
 
 from pipeline.ingest import numbered_from
 from pipeline.io import versioned
+from pipeline.sampling import ppr
 
 log = logging.getLogger(__name__)
-
-# Walk parameters that must match for a neighbourhood to be reusable.
-WALK_KEYS = ("num_walks", "walk_length", "restart_prob", "num_neighbors", "hard_window",
-             "num_hard", "seed")
 
 
 @dataclass
 class Plan:
     previous: str            # the neighbors version whose rows are reused
-    starts: np.ndarray       # items to walk again (sorted)
+    starts: np.ndarray       # items to rank again (sorted)
     changed_edges: int
     n_items: int
 
@@ -51,9 +50,12 @@ def _edges(run_dir: str, split_version: str) -> tuple[np.ndarray, np.ndarray, np
             t.column("weight").to_numpy().astype(np.float32))
 
 
-def plan(run_dir: str, previous: str, split_version: str, walk_params: dict, window: tuple,
+def plan(run_dir: str, previous: str, split_version: str, params: dict, window: tuple,
          n_items: int, n_nodes: int, bipartite: bool) -> tuple[Plan | None, str]:
-    """Items to walk again from ``previous`` (a ``neighbors`` version), or ``(None, reason)``."""
+    """Items to rank again from ``previous`` (a ``neighbors`` version), or ``(None, reason)``.
+
+    ``params``: :func:`pipeline.sampling.neighbor_params`, which must all match.
+    """
     try:
         prev = versioned.read_manifest(run_dir, "neighbors", previous)
         prev_split = prev["inputs"]["split"]
@@ -62,8 +64,8 @@ def plan(run_dir: str, previous: str, split_version: str, walk_params: dict, win
         pg = versioned.read_manifest(run_dir, "graph", prev_graph)
     except (versioned.StageNotFound, FileNotFoundError, KeyError) as e:
         return None, f"previous neighbors/{previous} or its inputs are gone ({e})"
-    if any(prev["config"].get(k) != walk_params[k] for k in WALK_KEYS):
-        return None, "walk parameters changed"
+    if any(prev["config"].get(k) != v for k, v in params.items()):
+        return None, "neighbourhood parameters changed"
     if list(prev["counts"]["hard_window_ranks"]) != list(window):
         return None, "the hard-negative window moved with the catalogue size"
     if bool(pg["bipartite"]) != bipartite or not numbered_from(run_dir, graph, prev_graph):
@@ -74,6 +76,8 @@ def plan(run_dir: str, previous: str, split_version: str, walk_params: dict, win
     shift = n_items - old_items
     o_src, o_dst, o_w = _edges(run_dir, prev_split)
     n_src, n_dst, n_w = _edges(run_dir, split_version)
+    if ppr.scale_of(o_w) != ppr.scale_of(n_w):
+        return None, "the edge weights are quantised on another scale"
     if bipartite:
         o_src = o_src + shift   # users follow the item slots
     size = np.int64(max(n_nodes, int(pg["counts"]["nodes_out"]) + shift, 1))
@@ -83,8 +87,8 @@ def plan(run_dir: str, previous: str, split_version: str, walk_params: dict, win
     changed = np.concatenate([np.setdiff1d(o_key, common, assume_unique=True),
                               np.setdiff1d(n_key, common, assume_unique=True), reweighted])
     ends = np.unique(np.concatenate([changed // size, changed % size]))
-    # Rows read by a walk: positions 0 .. reach-1 in half hops (bipartite) or hops.
-    reach = 2 * int(walk_params["walk_length"]) if bipartite else int(walk_params["walk_length"])
+    # Rows read: positions 0 .. reach in half hops (bipartite) or hops.
+    reach = 2 * int(params["walk_length"]) if bipartite else int(params["walk_length"])
     src = np.concatenate([o_src, n_src])
     dst = np.concatenate([o_dst, n_dst])
     adj = sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(size, size))
@@ -92,12 +96,12 @@ def plan(run_dir: str, previous: str, split_version: str, walk_params: dict, win
     reached = np.zeros(size, dtype=bool)
     reached[ends] = True
     frontier = reached.copy()
-    for _ in range(reach - 1):
+    for _ in range(reach):
         if not frontier.any():
             break
         frontier = (adj @ frontier.astype(np.float32) > 0) & ~reached
         reached |= frontier
     starts = np.union1d(np.flatnonzero(reached[:n_items]), np.arange(old_items, n_items))
-    log.info("incremental walks: %d changed edges, %d of %d items to walk again",
+    log.info("incremental neighbourhoods: %d changed edges, %d of %d items to rank again",
              len(changed), len(starts), n_items)
     return Plan(previous, starts.astype(np.int64), int(len(changed)), n_items), ""

@@ -1,11 +1,13 @@
-"""``sample.mode=join``: walks advance by DataFrame joins, for graphs too big for memory.
+"""``sample.mode=join``: the mass propagates by DataFrame joins, for graphs too big for memory.
 
-The adjacency becomes a table of *slots* ``(node, slot) -> neighbour`` with
-Walker alias tables; a walker draws ``(slot, accept)`` with the same
-counter-based numbers as memory mode (a ``mapInArrow`` over the walkers), then
-one join on ``(cur, slot)`` moves it. No executor ever holds the whole graph.
-Visit counts are ranked by the same NumPy code as in memory mode, so both
-modes give identical neighbourhoods for the same seed.
+The integer-weighted adjacency is a table ``(node, nbr, w)`` beside
+``(node, deg, strength)``, and the frontier a table ``(start, sdeg, node,
+mass)``. A half hop prunes the frontier (memory mode's test, the same float
+operations), divides each mass by its node's strength, joins the adjacency
+and sums per ``(start, node)``. Every sum is of integers, so the scores equal
+memory mode's bit for bit, whatever order Spark adds them in; they are ranked
+by the same NumPy code (:func:`pipeline.sampling.ppr.rank`) inside
+``mapInArrow``. No executor ever holds the whole graph.
 """
 from __future__ import annotations
 
@@ -18,113 +20,120 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.sampling import arrow, walks
+from pipeline.sampling import arrow, ppr
 
 log = logging.getLogger(__name__)
 
-DRAWN = "start long, walk long, cur long, slot long, accept double"
-SLOTS = "node long, slot long, nbr long, prob double, alias_nbr long"
+RANKED = "node long, neighbors array<long>, weights array<float>, hard array<long>"
 
 
-def slots_table(edges: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """``(slots, degrees)`` of the walkable graph (both directions, duplicates merged)."""
-    both = (edges.select(F.col("src").alias("a"), F.col("dst").alias("b"), "weight")
-            .unionByName(edges.select(F.col("dst").alias("a"), F.col("src").alias("b"), "weight")))
-    merged = both.groupBy("a", "b").agg(F.sum(F.col("weight").cast("double")).alias("w"))
-    rows = merged.groupBy("a").agg(F.array_sort(F.collect_list(F.struct("b", "w"))).alias("adj"))
-
-    def alias(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            adj = batch.column("adj")
-            offsets = adj.offsets.to_numpy().astype(np.int64)
-            flat = adj.flatten()
-            nbr = flat.field("b").to_numpy().astype(np.int64)
-            w = flat.field("w").to_numpy().astype(np.float64)
-            rel = offsets - offsets[0]
-            prob, alias_slot = walks.alias_rows(w, rel)
-            deg = np.diff(rel)
-            row_start = np.repeat(rel[:-1], deg)
-            yield pa.RecordBatch.from_arrays([
-                pa.array(np.repeat(arrow.column(batch, "a"), deg)),
-                pa.array(np.arange(len(nbr)) - row_start),
-                pa.array(nbr), pa.array(prob), pa.array(nbr[row_start + alias_slot]),
-            ], names=["node", "slot", "nbr", "prob", "alias_nbr"])
-
-    degrees = rows.select(F.col("a").alias("node"), F.size("adj").cast("long").alias("deg"))
-    slots = rows.mapInArrow(alias, SLOTS)
-    d1 = degrees.select(F.col("node").alias("nbr"), F.col("deg").alias("nbr_deg"))
-    d2 = degrees.select(F.col("node").alias("alias_nbr"), F.col("deg").alias("alias_deg"))
-    return slots.join(d1, "nbr").join(d2, "alias_nbr"), degrees
+def weight_scale(edges: DataFrame) -> float:
+    """:func:`pipeline.sampling.ppr.scale_of` of the edge weights, by one aggregation."""
+    w = F.col("weight").cast("double")
+    row = edges.where(w > 0).agg(F.max(w).alias("top"),
+                                 F.min((w == F.floor(w).cast("double")).cast("int")).alias("ints")
+                                 ).first()
+    return ppr.weight_scale(float(row["top"] or 0.0), row["ints"] is None or bool(row["ints"]))
 
 
-def _draw(seed: int, step: int, half: int, restart_prob: float):
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pipeline.sampling import rng
-        for batch in batches:
-            start, walk = arrow.column(batch, "start"), arrow.column(batch, "walk")
-            cur, deg = arrow.column(batch, "cur"), arrow.column(batch, "deg")
-            keys = rng.walker_keys(seed, start, walk)
-            if half == 0:
-                go = walks.keep_going(keys, step, restart_prob)
-                start, walk, cur, deg, keys = start[go], walk[go], cur[go], deg[go], keys[go]
-            slot, accept = walks.draw(keys, step, half, deg)
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(start), pa.array(walk), pa.array(cur), pa.array(slot), pa.array(accept)],
-                names=["start", "walk", "cur", "slot", "accept"])
-    return run
+def adjacency(edges: DataFrame, scale: float) -> tuple[DataFrame, DataFrame]:
+    """``(adj, nodes)``: ``(node, nbr, w)`` both ways, duplicates summed; ``(node, deg, strength)``."""
+    w = F.col("weight").cast("double")
+    wi = F.greatest(F.floor(w * F.lit(scale) + F.lit(0.5)), F.lit(1).cast("long"))
+    e = edges.where(w > 0).select("src", "dst", wi.alias("w"))
+    both = (e.select(F.col("src").alias("node"), F.col("dst").alias("nbr"), "w")
+            .unionByName(e.select(F.col("dst").alias("node"), F.col("src").alias("nbr"), "w")))
+    adj = both.groupBy("node", "nbr").agg(F.sum("w").alias("w"))
+    nodes = adj.groupBy("node").agg(F.count(F.lit(1)).alias("deg"), F.sum("w").alias("strength"))
+    return adj, nodes
 
 
-def _rank(n_items: int, num_neighbors: int, window: tuple[int, int], num_hard: int):
+def _rank(**kw):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         parts = [b for b in batches if b.num_rows]
         if not parts:
             return
         table = pa.Table.from_batches(parts)
-        start = arrow.column(table, "start")
-        nodes, owner = np.unique(start, return_inverse=True)
-        ranked = walks.rank_visits(len(nodes), owner.astype(np.int64), arrow.column(table, "item"),
-                                   arrow.column(table, "count"), num_neighbors, window, num_hard)
-        yield arrow.ranked_batch(nodes, ranked)
+        nodes, owner = np.unique(arrow.column(table, "start"), return_inverse=True)
+        item = arrow.column(table, "item")
+        r = ppr.rank(nodes, owner.astype(np.int64), item, item, arrow.column(table, "mass"),
+                     arrow.column(table, "strength"), **kw)
+        yield arrow.ranked_batch(nodes, r, np.zeros(len(nodes), np.int64)).drop_columns(["pushes"])
     return run
 
 
-def sample(spark: SparkSession, edges: DataFrame, n_items: int, bipartite: bool, *,
-           num_walks: int, walk_length: int, restart_prob: float, seed: int,
-           num_neighbors: int, window: tuple[int, int], num_hard: int,
-           partitions: int, starts: DataFrame | None = None) -> DataFrame:
-    """Rows of ``arrow.RANKED_SCHEMA`` for every item ``0 .. n_items-1`` (or the ``node``s of ``starts``)."""
-    slots, degrees = slots_table(edges)
-    slots = slots.persist()
+def propagate(spark: SparkSession, edges: DataFrame, n_items: int, bipartite: bool, *,
+              walk_length: int, restart_prob: float, push_threshold: float, partitions: int,
+              starts: DataFrame | None = None) -> tuple[DataFrame, DataFrame, DataFrame, DataFrame]:
+    """``(items, visits, pushes, nodes)``: the starts; ``(start, item, mass, strength)``
+    (the start's own row included); ``(start, pushes)``; ``(node, deg, strength)``."""
+    adj, nodes = adjacency(edges, weight_scale(edges))
+    adj, nodes = adj.persist(), nodes.persist()
     items = (spark.range(0, n_items, numPartitions=partitions).withColumnRenamed("id", "node")
              if starts is None else starts.select("node").repartition(partitions))
-    walkers = (items.join(degrees, "node").where(F.col("deg") > 0)
-               .crossJoin(spark.range(num_walks).withColumnRenamed("id", "walk"))
-               .select(F.col("node").alias("start"), "walk", F.col("node").alias("cur"), "deg"))
-    visits = []
+    frontier = (items.join(nodes, "node").where(F.col("deg") > 0)
+                .select(F.col("node").alias("start"), F.col("deg").alias("sdeg"), "node",
+                        F.lit(ppr.ONE).cast("long").alias("mass")))
+    eps_one = push_threshold * float(ppr.ONE)
+    keep = 1.0 - restart_prob
+    visits, pushes = [], []
     t0 = time.perf_counter()
-    for step in range(1, walk_length + 1):
-        for half in range(2 if bipartite else 1):
-            drawn = walkers.mapInArrow(_draw(seed, step, half, restart_prob), DRAWN)
-            moved = drawn.join(slots, (drawn.cur == slots.node) & (drawn.slot == slots.slot))
-            take = F.col("accept") < F.col("prob")
-            walkers = moved.select(
-                "start", "walk",
-                F.when(take, F.col("nbr")).otherwise(F.col("alias_nbr")).alias("cur"),
-                F.when(take, F.col("nbr_deg")).otherwise(F.col("alias_deg")).alias("deg"))
-        walkers = walkers.localCheckpoint()
-        log.info("join mode: hop %d/%d done, %d walkers still walking (%.1fs)",
-                 step, walk_length, walkers.count(), time.perf_counter() - t0)
-        visits.append(walkers.where(F.col("cur") != F.col("start"))
-                      .select("start", F.col("cur").alias("item")))
-    counts = (spark.createDataFrame([], "start long, item long") if not visits else
-              _union(visits)).groupBy("start", "item").agg(F.count(F.lit(1)).alias("count"))
-    ranked = (counts.repartition(partitions, "start")
-              .mapInArrow(_rank(n_items, num_neighbors, window, num_hard), arrow.RANKED_SCHEMA))
+    for hop in range(1, walk_length + 1):
+        frontier = frontier.withColumn(
+            "mass", F.floor(F.col("mass").cast("double") * F.lit(keep)).cast("long"))
+        for _half in range(2 if bipartite else 1):
+            per_start = F.lit(eps_one) / F.col("sdeg").cast("double")
+            pushed = (frontier.join(nodes, "node")
+                      .where(F.col("mass").cast("double") >= per_start * F.col("deg").cast("double")))
+            pushes.append(pushed.select("start", "deg"))
+            moved = (pushed.select("start", "sdeg", "node", F.expr("mass div strength").alias("y"))
+                     .where(F.col("y") > 0).join(adj, "node")
+                     .select("start", "sdeg", F.col("nbr").alias("node"),
+                             (F.col("y") * F.col("w")).alias("mass")))
+            frontier = moved.groupBy("start", "sdeg", "node").agg(F.sum("mass").alias("mass"))
+            frontier = frontier.localCheckpoint()
+        log.info("join mode: hop %d/%d done, frontier of %d (start, item) rows (%.1fs)",
+                 hop, walk_length, frontier.count(), time.perf_counter() - t0)
+        visits.append(frontier.select("start", F.col("node").alias("item"), "mass"))
+    work = _union(pushes).groupBy("start").agg(F.sum("deg").alias("pushes"))
+    scores = (_union(visits).groupBy("start", "item").agg(F.sum("mass").alias("mass"))
+              .join(nodes.select(F.col("node").alias("item"), "strength"), "item"))
+    return items, scores, work, nodes
+
+
+def sample(spark: SparkSession, edges: DataFrame, n_items: int, bipartite: bool, *,
+           walk_length: int, restart_prob: float, push_threshold: float, degree_exponent: float,
+           seed: int, num_neighbors: int, window: tuple[int, int], num_hard: int,
+           partitions: int, starts: DataFrame | None = None) -> DataFrame:
+    """Rows of ``arrow.RANKED_SCHEMA`` for every item ``0 .. n_items-1`` (or the ``node``s of ``starts``)."""
+    items, scores, work, _ = propagate(spark, edges, n_items, bipartite, walk_length=walk_length,
+                                       restart_prob=restart_prob, push_threshold=push_threshold,
+                                       partitions=partitions, starts=starts)
+    ranked = (scores.repartition(partitions, "start")
+              .mapInArrow(_rank(degree_exponent=degree_exponent, seed=seed,
+                                num_neighbors=num_neighbors, window=window, num_hard=num_hard),
+                          RANKED)
+              .join(work.withColumnRenamed("start", "node"), "node"))
     empty = (items.join(ranked.select("node"), "node", "left_anti")
              .select("node", F.array().cast("array<long>").alias("neighbors"),
                      F.array().cast("array<float>").alias("weights"),
-                     F.array().cast("array<long>").alias("hard")))
+                     F.array().cast("array<long>").alias("hard"), F.lit(0).cast("long").alias("pushes")))
     return ranked.unionByName(empty)
+
+
+def collect_visits(spark: SparkSession, edges: DataFrame, n_items: int, bipartite: bool,
+                   starts: np.ndarray, **kw) -> tuple[ppr.Visits, np.ndarray]:
+    """``(visits, deg of each start)`` of a few sorted ``starts``, on the driver (the quality check)."""
+    starts = np.asarray(starts, np.int64)
+    chosen = spark.createDataFrame(pa.table({"node": starts}).to_pandas())
+    _, scores, _, nodes = propagate(spark, edges, n_items, bipartite, starts=chosen, **kw)
+    rows = scores.toArrow()
+    found = nodes.join(chosen, "node").toArrow()
+    deg = np.zeros(len(starts), np.int64)
+    deg[np.searchsorted(starts, arrow.column(found, "node"))] = arrow.column(found, "deg")
+    return (ppr.Visits(starts, np.searchsorted(starts, arrow.column(rows, "start")),
+                       arrow.column(rows, "item"), arrow.column(rows, "mass"),
+                       arrow.column(rows, "strength")), deg)
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:

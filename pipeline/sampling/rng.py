@@ -1,8 +1,9 @@
 """Counter-based random numbers: a value depends only on (seed, start, walk, step, stream).
 
-Walks must not depend on partitioning, task retries or the execution mode, so
-no generator state is carried anywhere: each number is a hash (SplitMix64's
-finaliser, applied in a chain) of the counters that identify it. Everything is
+Walks and tie-breaks must not depend on partitioning, task retries or the
+execution mode, so no generator state is carried anywhere: each number is a
+hash (SplitMix64's finaliser, applied in a chain) of the counters that
+identify it. Everything is
 vectorised over NumPy uint64 arrays, whose arithmetic wraps modulo 2**64, and
 stays in integers: a 64-bit hash gives two 32-bit draws.
 """
@@ -17,8 +18,8 @@ _S27, _S30, _S31, _S32 = (np.uint64(s) for s in (27, 30, 31, 32))
 _LOW = np.uint64(0xFFFFFFFF)
 _TO_UNIT32 = 1.0 / float(1 << 32)
 
-# Streams: which hash of a step this is.
-STOP, PICK = 0, 1
+# Streams: which hash of a step this is (0 was the restart draw of sampled walks).
+PICK = 1
 
 
 def mix(x: np.ndarray) -> np.ndarray:
@@ -36,11 +37,16 @@ def mix(x: np.ndarray) -> np.ndarray:
     return z
 
 
+def pair_key(seed: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A seeded 64-bit hash of each pair ``(a, b)`` (order matters)."""
+    k = mix(np.full(np.shape(a), seed & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64))
+    k = mix(k ^ np.asarray(a).astype(np.uint64))
+    return mix(k ^ np.asarray(b).astype(np.uint64))
+
+
 def walker_keys(seed: int, start: np.ndarray, walk: np.ndarray) -> np.ndarray:
     """One key per walker, from the seed, its start node and its walk index."""
-    k = mix(np.full(start.shape, seed & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64))
-    k = mix(k ^ start.astype(np.uint64))
-    return mix(k ^ walk.astype(np.uint64))
+    return pair_key(seed, start, walk)
 
 
 def counter(step: int, half_hop: int, stream: int) -> int:
@@ -52,11 +58,6 @@ def bits(keys: np.ndarray, ctr: int) -> np.ndarray:
     """64 random bits per key at this counter."""
     salt = mix(np.array([ctr], dtype=np.uint64))[0]
     return mix(keys ^ salt)
-
-
-def below(h: np.ndarray, p: float) -> np.ndarray:
-    """True with probability ``p``, from the low 32 bits."""
-    return (h & _LOW) < np.uint64(min(int(p * 4294967296.0), 1 << 32))
 
 
 def slot(h: np.ndarray, n: np.ndarray) -> np.ndarray:

@@ -1,15 +1,12 @@
-"""The random-walk kernel, shared by both execution modes.
+"""Walk primitives: the walkable adjacency, alias tables, counter-based draws.
 
 Nodes: items are ``0 .. n_items-1`` (ingest numbers them first), users follow.
 A *half hop* moves to a neighbour drawn in proportion to edge weight with
 Walker's alias method, so a draw costs two random numbers and two array
 reads whatever the degree. On a bipartite graph a hop is two half hops
-(item -> user -> item); on an item-item graph it is one.
-
-A walk from item ``s`` runs at most ``walk_length`` hops; before each hop it
-stops with probability ``restart_prob`` (the next walk restarts from ``s``).
-The expected visit counts are thus the personalised PageRank of ``s``
-truncated at ``walk_length`` terms, which the tests check exactly.
+(item -> user -> item); on an item-item graph it is one. The importance
+neighbourhoods do not sample walks: :mod:`pipeline.sampling.ppr` computes
+their expected visits on the same adjacency (:func:`adjacency`).
 """
 from __future__ import annotations
 
@@ -79,13 +76,12 @@ def _sorted_by(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.all((da > 0) | ((da == 0) & (db >= 0))))
 
 
-def build_csr(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, n_nodes: int,
-              n_items: int, bipartite: bool) -> CSR:
-    """Walkable adjacency from an edge list: both directions, duplicates merged.
+def adjacency(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, n_nodes: int,
+              bipartite: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(indptr, nbrs, weight)`` of the walkable graph: both directions, duplicates merged.
 
     Bipartite edges are user -> item and are walked both ways; item-item edges
-    are treated as undirected. Rows are sorted by neighbour id so that both
-    execution modes build identical alias tables.
+    are treated as undirected. Rows are sorted by neighbour id, as in join mode.
     """
     src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
     weight = np.asarray(weight, np.float64)
@@ -113,8 +109,14 @@ def build_csr(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, n_nodes: int
         a, b = a[starts], b[starts]
     indptr = np.zeros(n_nodes + 1, dtype=np.int64)
     np.cumsum(np.bincount(a, minlength=n_nodes), out=indptr[1:])
+    return indptr, (b.astype(np.int32) if n_nodes < 2**31 else b), w
+
+
+def build_csr(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, n_nodes: int,
+              n_items: int, bipartite: bool) -> CSR:
+    """:func:`adjacency` with alias tables, for drawing walks."""
+    indptr, nbrs, w = adjacency(src, dst, weight, n_nodes, bipartite)
     prob, alias_rel = alias_rows(w, indptr)
-    nbrs = b.astype(np.int32) if n_nodes < 2**31 else b
     if np.all(prob == 1.0):
         # Every row is uniform: a draw is one slot, no acceptance test; and the
         # broadcast carries a third of the bytes.
@@ -133,31 +135,27 @@ def draw(keys: np.ndarray, step: int, half: int, deg: np.ndarray, weighted: bool
     return rng.slot(h, deg), (rng.unit(h) if weighted else None)
 
 
-def keep_going(keys: np.ndarray, step: int, restart_prob: float) -> np.ndarray:
-    return ~rng.below(rng.bits(keys, rng.counter(step, 0, rng.STOP)), restart_prob)
+def walk_sequences(csr: CSR, starts: np.ndarray, num_walks: int, walk_length: int,
+                   seed: int) -> np.ndarray:
+    """Ordered walks without restart, for skip-gram (DeepWalk / node2vec with p = q = 1).
 
-
-def walk(csr: CSR, starts: np.ndarray, num_walks: int, walk_length: int,
-         restart_prob: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Walk from every start; returns ``(owner, visited)``: index into ``starts``, item visited.
-
-    The start itself is never recorded, even when a walk comes back to it.
+    Returns ``(num_walks * len(starts), walk_length + 1)`` item ids: row
+    ``r * len(starts) + i`` is walk ``r`` from ``starts[i]``, the start first,
+    then the item reached by each hop (item -> user -> item on a bipartite
+    graph); ``-1`` fills a walk that cannot leave its start. Draws are
+    counter-based (:mod:`pipeline.sampling.rng`), so a row depends only on
+    (seed, start, r).
     """
     starts = np.asarray(starts, dtype=np.int64)
-    owner = np.repeat(np.arange(len(starts), dtype=np.int64), num_walks)
-    keys = rng.walker_keys(seed, starts[owner],
-                           np.tile(np.arange(num_walks, dtype=np.int64), len(starts)))
+    start = np.tile(starts, num_walks)
+    keys = rng.walker_keys(seed, start, np.repeat(np.arange(num_walks, dtype=np.int64),
+                                                  len(starts)))
+    out = np.full((len(start), walk_length + 1), -1, dtype=np.int64)
+    out[:, 0] = start
     indptr = csr.indptr
-    alive = indptr[starts + 1] > indptr[starts]
-    live = alive[owner]
-    owner, keys = owner[live], keys[live]
-    cur = starts[owner]
-    out_owner, out_visit = [], []
+    rows = np.flatnonzero(indptr[start + 1] > indptr[start])
+    cur, keys = start[rows], keys[rows]
     for step in range(1, walk_length + 1):
-        go = keep_going(keys, step, restart_prob)
-        owner, keys, cur = owner[go], keys[go], cur[go]
-        if len(cur) == 0:
-            break
         for half in range(2 if csr.bipartite else 1):
             lo = indptr[cur]
             slot, accept = draw(keys, step, half, indptr[cur + 1] - lo,
@@ -167,81 +165,5 @@ def walk(csr: CSR, starts: np.ndarray, num_walks: int, walk_length: int,
                 cur = csr.nbrs[e].astype(np.int64)
             else:
                 cur = np.where(accept < csr.prob[e], csr.nbrs[e], csr.alias[e]).astype(np.int64)
-        away = cur != starts[owner]
-        out_owner.append(owner[away])
-        out_visit.append(cur[away])
-    if not out_owner:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(out_owner), np.concatenate(out_visit)
-
-
-def count_visits(owner: np.ndarray, visited: np.ndarray, n_items: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(owner, item, count)`` for every distinct visit, sorted by (owner, item)."""
-    key = owner * np.int64(n_items) + visited
-    if len(key) and int(key.max()) < 2**31:
-        key = key.astype(np.int32)  # sorting half the bytes is markedly faster
-    key, counts = np.unique(key, return_counts=True)
-    key = key.astype(np.int64)
-    return key // n_items, key % n_items, counts.astype(np.int64)
-
-
-@dataclass
-class Ranked:
-    """Per start (in the order given): top-T neighbours and hard-negative candidates."""
-
-    nbr_offsets: np.ndarray   # int64, n_starts + 1
-    neighbors: np.ndarray     # int64
-    weights: np.ndarray       # float32, visit count / total count of the kept neighbours
-    hard_offsets: np.ndarray  # int64, n_starts + 1
-    hard: np.ndarray          # int64
-
-
-def hard_window(n_items: int, lo_frac: float, hi_frac: float, num_neighbors: int) -> tuple[int, int]:
-    """Visit ranks ``[lo, hi)`` from which hard negatives come, scaled to the catalogue.
-
-    PinSage took ranks 2000-5000 of billions of items; here the window is a
-    fraction of the catalogue, but never overlaps the top-T neighbours.
-    """
-    lo = max(num_neighbors, int(np.floor(lo_frac * n_items)))
-    hi = max(lo + 1, int(np.ceil(hi_frac * n_items)))
-    return lo, hi
-
-
-def rank_visits(n_starts: int, owner: np.ndarray, item: np.ndarray, count: np.ndarray,
-                num_neighbors: int, window: tuple[int, int], num_hard: int) -> Ranked:
-    """Top ``num_neighbors`` items by visit count (ties by node id) and hard candidates.
-
-    Hard candidates: up to ``num_hard`` items at evenly spaced ranks of the
-    ``window`` of the visit ranking.
-    """
-    # By owner, then count descending, then item: one stable sort on a packed
-    # key, since (owner, item) order is kept among equal keys.
-    if not _sorted_by(owner, item):
-        order = np.lexsort((item, owner))
-        owner, item, count = owner[order], item[order], count[order]
-    order = np.argsort((owner << 32) | (np.int64(2**31 - 1) - np.minimum(count, 2**31 - 1)),
-                       kind="stable")
-    owner, item, count = owner[order], item[order], count[order]
-    first = np.searchsorted(owner, np.arange(n_starts + 1))
-    rank = np.arange(len(owner)) - first[owner]
-    top = rank < num_neighbors
-    kept_owner = owner[top]
-    kept_counts = count[top]
-    totals = np.bincount(kept_owner, weights=kept_counts, minlength=n_starts)
-    weights = (kept_counts / totals[kept_owner]).astype(np.float32)
-    nbr_offsets = np.zeros(n_starts + 1, dtype=np.int64)
-    np.cumsum(np.bincount(kept_owner, minlength=n_starts), out=nbr_offsets[1:])
-
-    lo, hi = window
-    visited = np.diff(first)
-    avail = np.clip(np.minimum(visited, hi) - lo, 0, None)
-    take = np.minimum(avail, num_hard)
-    # The i-th of `take` picks sits at rank lo + floor(i * avail / take).
-    h_owner = np.repeat(np.arange(n_starts, dtype=np.int64), take)
-    h_i = np.arange(len(h_owner)) - np.repeat(np.cumsum(take) - take, take)
-    h_rank = lo + (h_i * avail[h_owner]) // np.maximum(take[h_owner], 1)
-    hard = item[first[h_owner] + h_rank]
-    hard_offsets = np.zeros(n_starts + 1, dtype=np.int64)
-    np.cumsum(take, out=hard_offsets[1:])
-    return Ranked(nbr_offsets, item[top], weights, hard_offsets, hard)
+        out[rows, step] = cur
+    return out

@@ -5,6 +5,13 @@ decoding, a few numpy copies and a feature gather; pyarrow and numpy release
 the GIL for those, so threads give real overlap without the cost of worker
 processes (no pickling of batches, one shared memory-mapped feature store).
 
+Negatives. With a :class:`Draw`, each minibatch's easy negatives are a
+subset of its stored pool and its hard negatives a subset of each query's
+candidates, drawn from ``(seed, epoch, minibatch)`` alone (so a resumed run
+draws what an uninterrupted one would); the computation graph is then cut
+down to the layer-0 nodes in use, so unused pool items cost neither feature
+gathers nor compute.
+
 Order. Files are shuffled with ``(seed, epoch)``; the yielded sequence is the
 rows of the first file in stored order, then the second file's, and so on.
 File ``i`` of that order is read by worker ``i % num_workers`` into its own
@@ -47,6 +54,20 @@ _JOIN_TIMEOUT_S = 30.0
 
 _LIST_COLUMNS = ("query", "positive", "easy")
 _NESTED_COLUMNS = ("hard", "nodes", "nbr_idx", "nbr_weight")
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Negatives one pass uses: ``easy`` pool slots and ``hard`` candidates per query.
+
+    None takes every one stored. The draw depends only on ``(seed, epoch)`` and
+    the minibatch id.
+    """
+
+    easy: int | None
+    hard: int | None
+    seed: int
+    epoch: int
 
 
 class LoaderError(RuntimeError):
@@ -169,12 +190,57 @@ def _pad_ragged(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def assemble(row: dict[str, Any], store: FeatureStore, num_neighbors: int) -> Minibatch:
+def draw_negatives(easy: np.ndarray, hard: np.ndarray, draw: Draw, batch_id: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``draw.easy`` of the ``easy`` pool slots and up to ``draw.hard`` of each row of ``hard``.
+
+    ``hard`` is ``(queries, width)`` padded with -1; the result keeps that
+    padding where a query has fewer candidates. Uniform without replacement.
+    """
+    gen = np.random.default_rng([draw.seed % 2**64, draw.epoch, batch_id])
+    if draw.easy is not None and draw.easy < len(easy):
+        easy = easy[np.sort(gen.choice(len(easy), size=draw.easy, replace=False))]
+    if draw.hard is not None and draw.hard < hard.shape[1]:
+        keys = gen.random(hard.shape)
+        keys[hard < 0] = 2.0  # padding sorts last
+        hard = np.take_along_axis(hard, np.argsort(keys, axis=1)[:, :draw.hard], axis=1)
+    return easy, hard
+
+
+def prune(layers: list[np.ndarray], nbr_idx: list[np.ndarray], nbr_weight: list[np.ndarray],
+          keep: np.ndarray):
+    """The computation graph of the layer-0 nodes ``keep`` (sorted local indices) alone.
+
+    Returns ``(layers, nbr_idx, nbr_weight, remap)`` in the stored layout
+    (each layer a prefix of the next) and ``remap``: old layer-0 index -> new
+    (-1 if dropped). Each kept node has the same neighbours and weights, in
+    the same order, so its embedding is unchanged.
+    """
+    sel = keep
+    out_layers, out_idx, out_w = [layers[0][sel]], [], []
+    for k in range(len(nbr_idx)):
+        idx = nbr_idx[k][sel]
+        valid = idx >= 0
+        nxt = np.concatenate([sel, np.setdiff1d(idx[valid], sel)])
+        remap = np.full(len(layers[k + 1]), -1, dtype=np.int64)
+        remap[nxt] = np.arange(len(nxt))
+        out_idx.append(np.where(valid, remap[np.maximum(idx, 0)], -1))
+        out_w.append(nbr_weight[k][sel])
+        out_layers.append(layers[k + 1][nxt])
+        sel = nxt
+    remap0 = np.full(len(layers[0]), -1, dtype=np.int64)
+    remap0[keep] = np.arange(len(keep))
+    return out_layers, out_idx, out_w, remap0
+
+
+def assemble(row: dict[str, Any], store: FeatureStore, num_neighbors: int,
+             draw: Draw | None = None) -> Minibatch:
     """Tensors for one row of :func:`read_batches`, with the deepest layer's features.
 
     Shapes and index ranges are checked here, so that a mismatch between the
     sampling config and the trainer's (``num_neighbors``, layers) fails with
-    a clear message instead of an out-of-bounds index on the GPU.
+    a clear message instead of an out-of-bounds index on the GPU. With a
+    ``draw``, only the drawn negatives and their computation graph are kept.
     """
     bid = int(row["batch"])
     layers = [np.asarray(n) for n in row["nodes"]]
@@ -197,25 +263,34 @@ def assemble(row: dict[str, Any], store: FeatureStore, num_neighbors: int) -> Mi
                              f"neighbours with num_neighbors={t}, got {idx.size} indices and "
                              f"{w.size} weights; does num_neighbors match the sampling config?")
         _check_index(f"nbr_idx[{i}]", idx, n_next, bid, allow_pad=True)
-        nbr_idx.append(_tensor(idx, np.int64).reshape(n_i, t))
-        nbr_weight.append(_tensor(w, np.float32).reshape(n_i, t))
+        nbr_idx.append(idx.astype(np.int64).reshape(n_i, t))
+        nbr_weight.append(w.astype(np.float32).reshape(n_i, t))
     n0 = len(layers[0])
-    for name in ("query", "positive", "easy"):
-        _check_index(name, np.asarray(row[name]), n0, bid, allow_pad=False)
-    if len(row["hard"]) != len(row["query"]):
-        raise ValueError(f"minibatch {bid}: {len(row['query'])} queries but "
+    query, positive, easy = (np.asarray(row[name], dtype=np.int64)
+                             for name in ("query", "positive", "easy"))
+    for name, v in (("query", query), ("positive", positive), ("easy", easy)):
+        _check_index(name, v, n0, bid, allow_pad=False)
+    if len(row["hard"]) != len(query):
+        raise ValueError(f"minibatch {bid}: {len(query)} queries but "
                          f"{len(row['hard'])} hard-negative lists")
     hard = _pad_ragged(row["hard"])
     _check_index("hard", hard, n0, bid, allow_pad=True)
+    if draw is not None:
+        easy, hard = draw_negatives(easy, hard, draw, bid)
+        keep = np.unique(np.concatenate([query, positive, easy, hard[hard >= 0]]))
+        layers, nbr_idx, nbr_weight, remap = prune(layers, nbr_idx, nbr_weight, keep)
+        query, positive, easy = remap[query], remap[positive], remap[easy]
+        hard = np.where(hard >= 0, remap[np.maximum(hard, 0)], -1)
     return Minibatch(
         nodes=[_tensor(n, np.int64) for n in layers],
         features=torch.from_numpy(store.gather(layers[k])),
-        nbr_idx=nbr_idx,
-        nbr_weight=nbr_weight,
-        query=_tensor(row["query"], np.int64),
-        positive=_tensor(row["positive"], np.int64),
-        easy=_tensor(row["easy"], np.int64),
-        hard=torch.from_numpy(hard),
+        nbr_idx=[torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)) for x in nbr_idx],
+        nbr_weight=[torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                    for x in nbr_weight],
+        query=torch.from_numpy(query.copy()),
+        positive=torch.from_numpy(positive.copy()),
+        easy=torch.from_numpy(easy.copy()),
+        hard=torch.from_numpy(np.ascontiguousarray(hard, dtype=np.int64)),
         batch_id=bid,
     )
 
@@ -246,7 +321,7 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
 
 
 def _produce(worker: int, files: list[str], store: FeatureStore, num_neighbors: int,
-             pin: bool, q: queue.Queue, stop: threading.Event) -> None:
+             draw: Draw | None, pin: bool, q: queue.Queue, stop: threading.Event) -> None:
     """Worker body: a module function, so a thread never keeps the loader alive."""
     path = ""
     try:
@@ -254,7 +329,7 @@ def _produce(worker: int, files: list[str], store: FeatureStore, num_neighbors: 
             for row in read_batches([path]):
                 if stop.is_set():
                     return
-                mb = assemble(row, store, num_neighbors)
+                mb = assemble(row, store, num_neighbors, draw)
                 if pin:
                     mb = mb.pin_memory()
                 if not _put(q, mb, stop):
@@ -280,6 +355,10 @@ class BatchLoader:
 
     ``prefetch`` is the bound of each worker's queue; 0 reads and assembles
     synchronously in the consumer's thread (same sequence, no threads).
+    ``easy_negatives``/``hard_negatives``: how many of each minibatch's stored
+    easy-negative slots and hard candidates per query a pass draws (a
+    :class:`Draw` keyed by ``seed`` and the epoch); None for both keeps every
+    stored negative and the whole stored graph.
     ``wait_seconds`` is the time the consumer spent waiting for data during
     the current (or last) pass: queue waits, or the whole read+assemble time
     when synchronous. Use as a context manager, or call ``close()``, to stop
@@ -288,7 +367,8 @@ class BatchLoader:
 
     def __init__(self, files: Sequence[str | os.PathLike], store: FeatureStore,
                  num_neighbors: int, prefetch: int = 4, num_workers: int = 1,
-                 pin_memory: bool = False, seed: int = 0, shuffle: bool = True, epoch: int = 0):
+                 pin_memory: bool = False, seed: int = 0, shuffle: bool = True, epoch: int = 0,
+                 easy_negatives: int | None = None, hard_negatives: int | None = None):
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         if num_workers < 1:
@@ -303,14 +383,26 @@ class BatchLoader:
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
         self.epoch = int(epoch)
+        self.easy_negatives, self.hard_negatives = easy_negatives, hard_negatives
         self.wait_seconds = 0.0
         self.threads: list[threading.Thread] = []
         self._stop: threading.Event | None = None
         self._num_batches: int | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for the next pass (like DistributedSampler.set_epoch)."""
+    def set_epoch(self, epoch: int, hard_negatives: int | None = None) -> None:
+        """Reshuffle and redraw negatives for the next pass (like DistributedSampler.set_epoch).
+
+        ``hard_negatives``: the pass's hard negatives per query (the curriculum's).
+        """
         self.epoch = int(epoch)
+        if hard_negatives is not None:
+            self.hard_negatives = int(hard_negatives)
+
+    def draw(self) -> Draw | None:
+        """The negatives of this epoch's pass; None keeps every stored one."""
+        if self.easy_negatives is None and self.hard_negatives is None:
+            return None
+        return Draw(self.easy_negatives, self.hard_negatives, self.seed, self.epoch)
 
     def file_order(self) -> list[str]:
         """The files in the order of this epoch's pass."""
@@ -334,7 +426,7 @@ class BatchLoader:
         return self._iter_threaded(order)
 
     def _iter_sync(self, order: list[str]) -> Iterator[Minibatch]:
-        path = ""
+        path, draw = "", self.draw()
         try:
             for path in order:
                 rows = read_batches([path])
@@ -343,7 +435,7 @@ class BatchLoader:
                     row = next(rows, None)
                     if row is None:
                         break
-                    mb = assemble(row, self.store, self.num_neighbors)
+                    mb = assemble(row, self.store, self.num_neighbors, draw)
                     if self.pin_memory:
                         mb = mb.pin_memory()
                     self.wait_seconds += time.perf_counter() - t0
@@ -359,7 +451,7 @@ class BatchLoader:
         threads = [
             threading.Thread(target=_produce, name=f"batch-producer-{w}", daemon=True,
                              args=(w, order[w::n_workers], self.store, self.num_neighbors,
-                                   self.pin_memory, queues[w], stop))
+                                   self.draw(), self.pin_memory, queues[w], stop))
             for w in range(n_workers)]
         # Each pass owns its event and threads, so a stale iterator being
         # collected later can only stop its own producers.
