@@ -127,7 +127,7 @@ class EvalConfig:
     ease_max_items: int = 30_000     # ease: skipped (with a note) above this many items
     node2vec_dim: int = 64           # node2vec: skip-gram vector size
     node2vec_walks: int = 10         # walks from every item
-    node2vec_walk_length: int = 20   # hops per walk (item -> user -> item is one hop)
+    node2vec_walk_length: int = 40   # hops per walk (item -> user -> item is one hop)
     node2vec_window: int = 1         # skip-gram context window, in items
     node2vec_epochs: int = 5
     node2vec_max_tokens: int = 20_000_000  # epochs, then walks, cut to train at most this many

@@ -378,7 +378,6 @@ def test_every_method_is_scored_on_the_same_rows(small_run, monkeypatch):
     monkeypatch.setattr(M, "target_ranks", spy)
     # Another resample count: a new eval stage, on the same index and embeddings.
     result = run_evaluate(OmegaConf.merge(cfg, {"eval": {"bootstrap": 100}}))
-    print({name: m["seconds"] for name, m in result.metrics["methods"].items()})
     assert len(scored) == len(result.metrics["methods"]) == 8
     assert all(shape == (result.metrics["num_queries"], 10) for shape, _ in scored)
     assert all(np.array_equal(targets, scored[0][1]) for _, targets in scored)
