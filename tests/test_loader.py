@@ -239,7 +239,7 @@ def test_each_epoch_draws_its_own_subset_of_the_stored_negatives(data):
                 got = [h for h in mb.hard[q].tolist() if h >= 0]
                 assert len(got) == min(width, len(cands))
                 assert set(_ids(mb, torch.tensor(got, dtype=torch.int64))) <= set(
-                    full.nodes[0][cands].tolist())
+                    full.nodes[0].numpy()[cands].tolist())
             seen.setdefault(row["batch"], set()).add(tuple(sorted(easy)))
     # Three slots give three pairs; twelve epochs draw more than one of them.
     assert all(len(draws) > 1 for draws in seen.values())

@@ -17,17 +17,7 @@ from pipeline.ingest import run_ingest
 from pipeline.io import versioned
 from pipeline.sampling import new_items, run_sample
 from pipeline.train.trainer import run_train
-
-
-def _write_graph(path: Path, n_users=60, n_items=40, per_user=10, seed=1) -> Path:
-    g = np.random.default_rng(seed)
-    p = np.arange(n_items, 0, -1) / np.arange(n_items, 0, -1).sum()
-    lines = ["user,item,ts"]
-    for u in range(n_users):
-        for t, i in enumerate(g.choice(n_items, size=per_user, replace=False, p=p)):
-            lines.append(f"u{u},i{i},{1000 * u + t}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from test_evaluate import _write_graph
 
 
 def _table(path: Path, columns=None):
@@ -37,7 +27,7 @@ def _table(path: Path, columns=None):
 @pytest.fixture(scope="module")
 def inductive_run(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("newitems")
-    path = _write_graph(tmp / "edges.csv")
+    path = _write_graph(tmp / "edges.csv", n_users=60, per_user=10, seed=1)
     overrides = [f"run_dir={tmp / 'run'}", "data=edges", f"data.path={path}", "data.src_col=user",
                  "data.dst_col=item", "data.time_col=ts", "eval.protocol=new_items",
                  "eval.new_item_fraction=0.3", "eval.new_item_min_degree=3",
