@@ -76,7 +76,9 @@ def _slug(name: str) -> str:
 def _embed_row(spark: SparkSession, cfg, name: str) -> tuple[np.ndarray, str]:
     """Sample (shared by rows with the same sampling settings), train and embed one row."""
     root = f"{cfg.run_dir}/_ablate"
-    key = versioned.fingerprint({"sample": _settings(cfg)["sample"], "train": _settings(cfg)["train"],
+    # Sampling reads train.* only for whether minibatches carry hard candidates.
+    key = versioned.fingerprint({"sample": _settings(cfg)["sample"],
+                                 "hard": int(cfg.train.max_hard_negatives) > 0,
                                  "num_layers": int(cfg.model.num_layers), "seed": int(cfg.seed)})
     sample_dir = versioned.link_stages(cfg.run_dir, f"{root}/sample-{key[:12]}", ("graph", "split"))
     run_sample(spark, OmegaConf.merge(cfg, {"run_dir": sample_dir}))

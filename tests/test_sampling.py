@@ -12,7 +12,7 @@ from pyspark.testing import assertDataFrameEqual
 from pipeline.errors import PipelineError
 from pipeline.ingest import run_ingest
 from pipeline.io import schemas, versioned
-from pipeline.sampling import join_mode, memory_mode, ppr, run_sample
+from pipeline.sampling import join_mode, memory_mode, pairs as pairing, ppr, run_sample
 
 
 def write_graph(path, n_users=60, n_items=40, per_user=8, seed=0, timed=True):
@@ -96,6 +96,31 @@ def test_movielens_pairs_come_from_training_edges_only(spark, ml):
     positives = pairs.groupby("query")["positive"].apply(set)
     for q, cands in zip(hard["query"], hard["candidates"]):
         assert not set(cands) & positives[q]
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_basket_pairs_without_times(spark, repeat):
+    """Without times a user's items pair up within the window in a seeded order.
+
+    Known answer: a user with n items gives n - d pairs at each distance d <=
+    window, all between that user's items; repeated, every co-engagement is a row.
+    """
+    g = np.random.default_rng(3)
+    baskets = {100 + u: g.choice(12, size=g.integers(1, 7), replace=False) for u in range(25)}
+    rows = [(u, int(i), 1.0, None) for u, items in baskets.items() for i in items]
+    edges = spark.createDataFrame(rows, schemas.EDGES)
+    window = 2
+    pairs = {s: pairing.build_pairs(edges, bipartite=True, has_time=False, window=window,
+                                    seed=s, repeat=repeat)[0].toPandas() for s in (0, 1)}
+    together = {(int(a), int(b)) for items in baskets.values() for a in items for b in items}
+    expected_rows = sum(max(0, len(items) - d) for items in baskets.values()
+                        for d in range(1, window + 1))
+    for p in pairs.values():
+        assert set(zip(p["query"], p["positive"])) <= together
+        assert (len(p) == expected_rows) if repeat else (len(p) == len(p.drop_duplicates()))
+    if repeat:
+        assert len(pairs[0].drop_duplicates()) < len(pairs[0])   # popular pairs repeat
+    assert sorted(map(tuple, pairs[0].values)) != sorted(map(tuple, pairs[1].values))
 
 
 def test_movielens_batches_hold_exact_computation_graphs(spark, ml):
@@ -211,12 +236,11 @@ def test_homogeneous_random_edges_without_times(spark, make_cfg, tmp_path):
     assert 0.1 < n_held / (n_held + train.count()) < 0.3
     assert held.join(train, (held.query == train.src) & (held.target == train.dst)).count() == 0
     assert held.where(F.col("query") != F.col("user")).count() == 0
-    # Without times, positives are each item's top walk neighbours.
+    # On an item-item graph the positives are the training edges, as the held-out edges ask.
     pairs = _table(spark, cfg, "pairs", "pairs")
-    nb = _table(spark, cfg, "neighbors", "neighbors")
-    top = nb.select(F.col("node").alias("query"),
-                    F.explode(F.slice("neighbors", 1, cfg.sample.pairs_per_item)).alias("positive"))
-    assertDataFrameEqual(pairs, top)
+    edges = train.where(F.col("src") != F.col("dst")).select(
+        F.col("src").alias("query"), F.col("dst").alias("positive")).distinct()
+    assertDataFrameEqual(pairs, edges)
     assert result.counts["batches"]["train_batches"] > 0
 
 

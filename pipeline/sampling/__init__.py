@@ -348,13 +348,12 @@ def _sample(spark: SparkSession, cfg, neighbors_from: str | None, training: bool
 
     # 3. Positive pairs and hard negatives.
     has_time = train_edges.where(F.col("time").isNotNull()).limit(1).count() > 0
-    pair_params = {"pair_window": s.pair_window, "pairs_per_item": s.pairs_per_item}
+    pair_params = {"pair_window": s.pair_window, "repeat_pairs": s.repeat_pairs, "seed": seed}
     inputs = {"split": result.versions["split"], "neighbors": result.versions["neighbors"]}
     fp = st.fingerprint("pairs", inputs, pair_params)
     if not st.reuse("pairs", fp):
-        pairs, how = pairing.build_pairs(train_edges, ranked, bipartite=bipartite,
-                                         has_time=has_time, window=s.pair_window,
-                                         per_item=s.pairs_per_item)
+        pairs, how = pairing.build_pairs(train_edges, bipartite=bipartite, has_time=has_time,
+                                         window=s.pair_window, seed=seed, repeat=s.repeat_pairs)
         with st.publish("pairs", fp, inputs, pair_params) as out:
             pairs.orderBy("query", "positive").write.parquet(out.table_path("pairs"))
             written = spark.read.parquet(out.table_path("pairs"))

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.window import Window
 
 from pipeline.io import schemas
 from pipeline.io.kinds import RETIRED_ID
@@ -44,7 +45,10 @@ def assign(pairs: DataFrame, hard: DataFrame | None, *, seed: int, batch_size: i
          else pairs.withColumn("candidates", F.lit(None).cast("array<long>")))
     p = (p.withColumn("candidates", F.coalesce("candidates", F.array().cast("array<long>")))
          .withColumn("_val", _in_validation(seed, val_fraction))
-         .withColumn("_shuffle", F.xxhash64(F.lit(seed), "query", "positive")))
+         # Repeated pairs are told apart by their copy number, so copies spread over minibatches.
+         .withColumn("_copy", F.row_number().over(Window.partitionBy("query", "positive")
+                                                  .orderBy("query")))
+         .withColumn("_shuffle", F.xxhash64(F.lit(seed), "query", "positive", "_copy")))
     out = {}
     for split in SPLITS:
         part = p.where(F.col("_val") == (split == "validation"))
