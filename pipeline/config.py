@@ -77,7 +77,6 @@ class ModelConfig:
     id_embedding: str = "on"
     id_buckets: int = 100_000
     head_layers: int = 0             # dense layers after the last conv (2: the paper's); tuned: 0
-    normalize: bool = True           # L2-normalise the embedding (false: its norm can carry popularity)
 
 
 @dataclass

@@ -84,7 +84,7 @@ def publish_inputs(run_dir: str, model: PinSage, features: np.ndarray, neighbors
                                  "num_neighbors": T, "num_layers": model.num_layers,
                                  "hidden_dim": model.hidden_dim, "aggregator": model.aggregator,
                                  "id_embedding": id_embedding, "id_buckets": 11,
-                                 "head_layers": model.head_layers, "normalize": model.normalize}
+                                 "head_layers": model.head_layers}
 
 
 def reference(model: PinSage, features: np.ndarray, neighbors: pa.Table) -> np.ndarray:
@@ -95,18 +95,16 @@ def reference(model: PinSage, features: np.ndarray, neighbors: pa.Table) -> np.n
 
 
 def setup(make_cfg, agg: str, num_layers: int = 2, id_embedding: str = "on", *overrides: str,
-          hidden: int = HIDDEN, head_layers: int = 0, normalize: bool = True):
+          hidden: int = HIDDEN, head_layers: int = 0):
     torch.manual_seed(1)
     model = PinSage(FEATURE_DIM, hidden, num_layers, agg, num_items=TRAINED,
-                    id_embedding=id_embedding, id_buckets=11, head_layers=head_layers,
-                    normalize=normalize).eval()
+                    id_embedding=id_embedding, id_buckets=11, head_layers=head_layers).eval()
     features, neighbors = synthetic()
     # Small Arrow batches, so that parcels come from several batches per task and
     # each reduce partition combines its nodes in several chunks.
     cfg = make_cfg(f"model.aggregator={agg}", f"model.num_layers={num_layers}",
                    f"model.hidden_dim={hidden}", f"model.id_embedding={id_embedding}",
-                   f"model.head_layers={head_layers}", f"model.normalize={str(normalize).lower()}",
-                   "infer.batch_rows=13", "infer.partitions=3",
+                   f"model.head_layers={head_layers}", "infer.batch_rows=13", "infer.partitions=3",
                    *overrides)
     publish_inputs(cfg.run_dir, model, features, neighbors, id_embedding)
     return cfg, model, features, neighbors
@@ -131,15 +129,13 @@ def test_spark_equals_full_graph_embed(spark, make_cfg, agg):
 
 
 # The dense head runs after the input layer when K = 0 and after the last reduce otherwise.
-@pytest.mark.parametrize("num_layers,id_embedding,head_layers,normalize",
-                         [(0, "on", 2, True), (1, "hashed", 0, False), (3, "off", 2, True)])
-def test_depths_ids_and_head(spark, make_cfg, num_layers, id_embedding, head_layers, normalize):
+@pytest.mark.parametrize("num_layers,id_embedding,head_layers",
+                         [(0, "on", 2), (1, "hashed", 0), (3, "off", 2)])
+def test_depths_ids_and_head(spark, make_cfg, num_layers, id_embedding, head_layers):
     cfg, model, features, neighbors = setup(make_cfg, "gated", num_layers, id_embedding,
-                                            head_layers=head_layers, normalize=normalize)
+                                            head_layers=head_layers)
     emb = read_embeddings(cfg.run_dir, run_infer(spark, cfg).version)
     np.testing.assert_allclose(emb.matrix, reference(model, features, neighbors), rtol=0, atol=1e-5)
-    norms = np.linalg.norm(emb.matrix, axis=1)
-    assert np.allclose(norms, 1.0, atol=1e-6) == normalize
 
 
 def test_item_added_after_training_uses_features_only():

@@ -58,8 +58,7 @@ EMBEDDING_SCHEMA = "node long, id string, embedding array<float>"
 # when infer.partitions=0: a reduce task holds its whole partition, a few hundred MB.
 REDUCE_ROWS_PER_PARTITION = 2_000_000
 # Model fields that must match the configuration the user asks for.
-MODEL_FIELDS = ("num_layers", "hidden_dim", "aggregator", "id_embedding", "head_layers",
-                "normalize")
+MODEL_FIELDS = ("num_layers", "hidden_dim", "aggregator", "id_embedding", "head_layers")
 
 
 @dataclass

@@ -63,12 +63,11 @@ class PinSage(nn.Module):
     added after training (id >= num_items) has no row: its ID contribution is
     zero, so it is embedded from its features and neighbours alone (inductive).
     ``head_layers``: dense layers after the last convolution (:func:`dense_head`).
-    ``normalize``: L2-normalise the output (PinSage's cosine); off, an inner product.
     """
 
     def __init__(self, feature_dim: int, hidden_dim: int, num_layers: int, aggregator: str,
                  num_items: int, id_embedding: str = "on", id_buckets: int = 100_000,
-                 head_layers: int = 0, normalize: bool = True):
+                 head_layers: int = 0):
         super().__init__()
         check_aggregator(aggregator)
         if id_embedding not in ID_EMBEDDINGS:
@@ -82,7 +81,7 @@ class PinSage(nn.Module):
             raise ValueError("the model has no input: feature_dim is 0 and id_embedding is 'off'")
         self.feature_dim, self.hidden_dim, self.num_layers = feature_dim, hidden_dim, num_layers
         self.aggregator, self.id_embedding, self.id_buckets = aggregator, id_embedding, id_buckets
-        self.head_layers, self.normalize = head_layers, normalize
+        self.head_layers = head_layers
 
         self.feature_proj = nn.Linear(feature_dim, hidden_dim) if feature_dim > 0 else None
         rows = {"on": num_items, "hashed": id_buckets}.get(id_embedding)
@@ -117,13 +116,8 @@ class PinSage(nn.Module):
         return self.convs[k](h_self, h_nbr, weight, mask)
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
-        """The embedding from the last layer's representation: the head, then the L2 norm.
-
-        Without the norm (``normalize=False``) scores are inner products, and
-        an item's length can say how often it is the answer (popularity).
-        """
-        z = self.head(h)
-        return F.normalize(z, dim=-1, eps=NORM_EPS) if self.normalize else z
+        """The embedding from the last layer's representation: the head, then the L2 norm."""
+        return F.normalize(self.head(h), dim=-1, eps=NORM_EPS)
 
     def forward(self, nodes: Sequence[torch.Tensor], features: torch.Tensor | None,
                 nbr_idx: Sequence[torch.Tensor], nbr_weight: Sequence[torch.Tensor]
