@@ -34,7 +34,7 @@ def edge_pairs(train_edges: DataFrame) -> DataFrame:
 
 
 def build_pairs(train_edges: DataFrame, *, bipartite: bool, has_time: bool, window: int,
-                seed: int, repeat: bool = False) -> tuple[DataFrame, str]:
+                seed: int, repeat: bool) -> tuple[DataFrame, str]:
     """Training pairs and how they were made: the co-engagements evaluation holds out.
 
     ``repeat``: a pair co-engaged by n users stays n rows, so the model sees
