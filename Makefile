@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # MovieLens-100K ships inside recbole; its dependencies are not needed.
 DATA_PKG := recbole==1.2.1
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-cluster clean
 
 venv: $(STAMP)
 
@@ -21,8 +21,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(PY) jobs/pipeline.py $(ARGS)
 
+# The standalone-cluster test (marker `cluster`, about 4 minutes of JVMs) runs
+# with `make test-cluster`; everything else runs here, in under 15 minutes on 2 cores.
+PYTEST_ARGS ?= -m "not cluster"
+
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-cluster: venv
+	$(PY) -m pytest -m cluster
 
 clean:
 	rm -rf $(VENV) runs outputs .pytest_cache

@@ -8,7 +8,8 @@ its own ``model``, and all of them share the run's ``graph`` and ``split``
 (linked), so the run's own stages are never touched. Every row is scored on
 the split's ``ablate.kind`` rows (validation: tuning never looks at the test
 rows) by the evaluation's own code, with bootstrap CIs over one set of
-resamples. Re-running reuses every stage whose inputs and config match.
+resamples, and each row's paired difference from the defaults gets its own
+CI. Re-running reuses every stage whose inputs and config match.
 """
 from __future__ import annotations
 
@@ -115,15 +116,25 @@ def run_ablate(spark: SparkSession, cfg) -> AblationResult:
         log.info("ablation %s: %s", name, M.summarize(ranks[name], ks))
 
     per_query = {n: M.per_query(r, ks) for n, r in ranks.items()}
-    ci = M.bootstrap_ci(per_query, cfg.eval.bootstrap, seed)
+    # Each row minus the defaults, query by query, on the same resamples: a
+    # paired CI says whether a part is worth anything, which overlapping
+    # per-row CIs cannot.
+    diffs = {n: {k: v - per_query[DEFAULTS][k] for k, v in per_query[n].items()}
+             for n in rows if n != DEFAULTS and n not in same_as}
+    ci = M.bootstrap_ci({**per_query, **{f"{n} - {DEFAULTS}": d for n, d in diffs.items()}},
+                        cfg.eval.bootstrap, seed)
     metrics = {"dataset": cfg.data.name, "split": ab.kind, "num_queries": int(len(data.queries)),
                "ks": ks, "bootstrap": cfg.eval.bootstrap,
                "rows": {n: list(ab.rows[n]) if n in ab.rows else [] for n in rows},
                "same_as": same_as, "models": models,
-               "methods": {n: {**M.summarize(r, ks), "ci95": ci[n]} for n, r in ranks.items()}}
-    table = report.markdown_table(metrics)
+               "methods": {n: {**M.summarize(r, ks), "ci95": ci[n]} for n, r in ranks.items()},
+               "vs_defaults": {n: {"difference": {k: float(v.mean()) for k, v in d.items()},
+                                   "ci95": ci[f"{n} - {DEFAULTS}"]} for n, d in diffs.items()}}
+    table = report.markdown_table(metrics) + "\n\n" + report.difference_table(
+        metrics["vs_defaults"], [f"hit_rate@{ks[0]}", "mrr"], DEFAULTS)
     fp = versioned.fingerprint({"stage": STAGE, "inputs": versions, "models": models,
-                                "ks": ks, "kind": ab.kind, "bootstrap": cfg.eval.bootstrap})
+                                "ks": ks, "kind": ab.kind, "bootstrap": cfg.eval.bootstrap,
+                                "paired": True})
     found = versioned.find_matching(run_dir, STAGE, fp)
     if found and not cfg.force:
         return AblationResult(found, True, metrics, table)

@@ -86,7 +86,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"         # cosine | constant
     loss: str = "softmax"            # softmax (sampled, logQ-corrected) | max_margin (PinSage's)
-    temperature: float = 0.1         # softmax: logits are cosine / temperature
+    temperature: float = 0.1         # softmax: logits are cosine / temperature (initial value)
+    learn_temperature: bool = False  # softmax: learn the temperature with the model (capped 0.01)
     margin: float = 0.1              # max_margin
     easy_negatives: int = 500        # drawn per minibatch and epoch from its stored pool
     max_hard_negatives: int = 0      # epoch n uses min(n - 1, this); 0: hurt on MovieLens (README)

@@ -1,11 +1,18 @@
 """Shared fixtures: one local[2] Spark session for the whole run, Hydra composition."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from hydra import compose, initialize_config_dir
 
 from pipeline.config import CONF_DIR
 from pipeline.spark import build_spark
+
+# Every JVM the tests start (this session's, the jobs' subprocesses, the cluster's) is
+# short-lived and works on tiny data: the C1 compiler alone and the serial collector
+# halve its CPU time (JIT and GC threads), which is what bounds the suite on 2 cores.
+os.environ.setdefault("JDK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,13 @@ def test_ablation_rows_beside_the_run(spark, tmp_path):
     assert list(m["methods"]) == ["defaults", "same", "mean", "T3"]
     assert m["same_as"] == {"same": "defaults"}          # equal settings are trained once
     assert m["methods"]["same"] == m["methods"]["defaults"]
+    # Paired differences from the defaults: the difference of the means, inside its own CI.
+    assert set(m["vs_defaults"]) == {"mean", "T3"}
+    for row, d in m["vs_defaults"].items():
+        for metric, value in d["difference"].items():
+            assert value == pytest.approx(m["methods"][row][metric] - m["methods"]["defaults"][metric])
+            lo, hi = d["ci95"][metric]
+            assert lo <= value <= hi
     assert m["num_queries"] == len(load_eval_data(cfg.run_dir, kind="validation").queries)
     root = Path(cfg.run_dir) / "_ablate"
     mean = versioned.read_manifest(str(root / "mean"), "model", m["models"]["mean"])
@@ -60,6 +67,7 @@ def test_ablation_rows_beside_the_run(spark, tmp_path):
     assert json.loads((out / "ablation.json").read_text())["methods"] == m["methods"]
     assert (out / "ablation.png").stat().st_size > 0
     assert "| T3 |" in (out / "ablation.md").read_text()
+    assert "| row - defaults |" in (out / "ablation.md").read_text()
     assert run_ablate(spark, cfg).reused
 
     with pytest.raises(PipelineError, match="may only set"):

@@ -63,6 +63,7 @@ def test_training_on_movielens_learns(ml):
     assert [r["hard_negatives"] for r in h] == [0, 1, 2]
     assert h[0]["loss_hard"] is None and h[1]["loss_hard"] is not None
     assert h[-1]["loss_easy"] < h[0]["loss_easy"]
+    assert all(r["temperature"] == cfg.train.temperature for r in h)      # not learned
     k = cfg.train.val_k
     # Beats recommending the most popular items on the held-out validation pairs.
     assert max(r[f"val_hit_rate@{k}"] for r in h) > _popularity(cfg) > 0
@@ -101,8 +102,10 @@ def _small_run(spark, make_cfg, tmp_path, name, *extra):
 
 
 def test_resume_after_an_interrupted_epoch_is_exact(spark, make_cfg, tmp_path):
-    straight = _small_run(spark, make_cfg, tmp_path, "straight")
-    interrupted = _small_run(spark, make_cfg, tmp_path, "interrupted")
+    # With a learned temperature, which the checkpoint must carry as well.
+    straight = _small_run(spark, make_cfg, tmp_path, "straight", "train.learn_temperature=true")
+    interrupted = _small_run(spark, make_cfg, tmp_path, "interrupted",
+                             "train.learn_temperature=true")
     full = run_train(straight)
     part = run_train(interrupted, stop_after_epoch=1)
     assert part.version is None and len(part.history) == 1
@@ -114,6 +117,9 @@ def test_resume_after_an_interrupted_epoch_is_exact(spark, make_cfg, tmp_path):
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(pa, pb), name
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+    temps = [r["temperature"] for r in full.history]
+    assert [r["temperature"] for r in resumed.history] == temps
+    assert len(set(temps)) == len(temps) and all(0.01 <= x != 0.1 for x in temps)
 
 
 def test_two_process_gloo_run(spark, make_cfg, tmp_path):

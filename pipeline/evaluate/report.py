@@ -33,6 +33,18 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def difference_table(diffs: dict, names: list[str], base: str) -> str:
+    """Rows ``name - base``; each cell the mean paired difference ``[95% CI]``, signed."""
+    head = "| row - " + base + " | " + " | ".join(names) + " |"
+    rule = "|---|" + "---|" * len(names)
+    rows = []
+    for row, d in diffs.items():
+        cells = [f"{d['difference'][n]:+.4f} [{d['ci95'][n][0]:+.4f}, {d['ci95'][n][1]:+.4f}]"
+                 for n in names]
+        rows.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *rows])
+
+
 def training_curves(tb_dir: Path | None, out: Path) -> str | None:
     """Loss and validation curves from a TensorBoard run directory; None when there is none."""
     if tb_dir is None or not tb_dir.is_dir():

@@ -66,7 +66,7 @@ def log_expected_count(ids: torch.Tensor, p_in_batch: torch.Tensor, p_easy: torc
 
 
 def sampled_softmax_loss(z_q: torch.Tensor, z_pos: torch.Tensor, z_easy: torch.Tensor, *,
-                         temperature: float, log_count_pos: torch.Tensor,
+                         temperature: float | torch.Tensor, log_count_pos: torch.Tensor,
                          log_count_easy: torch.Tensor, collisions: torch.Tensor | None = None,
                          z_hard: torch.Tensor | None = None,
                          hard_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,9 +79,10 @@ def sampled_softmax_loss(z_q: torch.Tensor, z_pos: torch.Tensor, z_easy: torch.T
     :func:`log_expected_count`); hard negatives are chosen, not sampled, so
     each counts once (correction 0). ``collisions`` (B, B, True = not a
     negative, e.g. :func:`in_batch_collisions`) and ``hard_mask`` (B, H, True
-    = real) drop candidates; ``z_hard`` is (B, H, d).
+    = real) drop candidates; ``z_hard`` is (B, H, d). ``temperature`` may be a
+    0-d tensor that is being learned (``train.learn_temperature``).
     """
-    inv_t = 1.0 / float(temperature)
+    inv_t = 1.0 / temperature
     in_batch = (z_q @ z_pos.T) * inv_t - log_count_pos[None, :]
     if collisions is not None:
         in_batch = in_batch.masked_fill(collisions, -torch.inf)

@@ -194,6 +194,38 @@ def unseen_id_rows(model, items: np.ndarray, check: bool = False) -> None:
         model.id_emb.weight[rows] = 0.0
 
 
+class LogitScale(torch.nn.Module):
+    """The softmax's temperature, as log(1 / temperature), learned with the model or fixed.
+
+    The temperature bounds how far apart two candidates' logits can be (cosines
+    lie in [-1, 1]): on a graph whose answers are dominated by a few hubs, a
+    fixed 0.1 forces every query's embedding towards the hubs to express their
+    prior. Learned, as CLIP learns its logit scale, each graph finds its own;
+    it is capped at 1/100 and kept beside the model (inference ranks by cosine,
+    which the temperature does not change). In DDP its gradient is averaged by
+    hand, as it is not one of the model's parameters.
+    """
+
+    MAX_LOG_INV_T = math.log(100.0)
+
+    def __init__(self, temperature: float, learn: bool):
+        super().__init__()
+        self.fixed = None if learn else float(temperature)
+        self.log_inv_t = torch.nn.Parameter(torch.tensor(-math.log(temperature)),
+                                            requires_grad=learn)
+
+    def temperature(self) -> torch.Tensor | float:
+        if self.fixed is not None:
+            return self.fixed
+        return torch.exp(-self.log_inv_t.clamp(max=self.MAX_LOG_INV_T))
+
+    def all_reduce(self, world: int) -> None:
+        grad = self.log_inv_t.grad
+        if world > 1 and grad is not None:
+            dist.all_reduce(grad)
+            grad /= world
+
+
 def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = True) -> TrainResult:
     """Train on the latest minibatches; publish the ``model`` stage (rank 0).
 
@@ -257,7 +289,10 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
     model = build_model(m, store.dim, store.num_items).to(device)
     unseen_id_rows(model, view.new)
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    scale = LogitScale(t.temperature, learn=t.learn_temperature and t.loss == "softmax").to(device)
+    optimizer = torch.optim.Adam([{"params": model.parameters()},
+                                  {"params": scale.parameters(), "weight_decay": 0.0}],
+                                 lr=t.lr, weight_decay=t.weight_decay)
     scheduler = _schedule(optimizer, t.schedule, t.epochs * steps_per_epoch)
     ckpt_dir = Path(run_dir) / "_checkpoints" / fp[:16]
     start_epoch, skip, step, history = 1, 0, 0, []
@@ -267,6 +302,7 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
             log.warning("train.resume=true but no checkpoint in %s; starting from scratch", ckpt_dir)
         else:
             model.load_state_dict(state["model"])
+            scale.load_state_dict(state["logit_scale"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             start_epoch, skip, step = state["epoch"], state["batch_in_epoch"], state["step"]
@@ -282,7 +318,8 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
     def save(epoch: int, batch_in_epoch: int) -> None:
         if ddp.main:
             checkpoint.save(ckpt_dir, step, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": model.state_dict(), "logit_scale": scale.state_dict(),
+                "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch,
                 "batch_in_epoch": batch_in_epoch, "step": step, "history": history})
 
@@ -325,10 +362,11 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
                         continue
                     mb = mb.to(device, non_blocking=True)
                     loss, l_easy, l_hard = batch_loss(net, mb, loss=t.loss, margin=t.margin,
-                                                      temperature=t.temperature,
+                                                      temperature=scale.temperature(),
                                                       sampling=sampling)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    scale.all_reduce(ddp.world)
                     optimizer.step()
                     scheduler.step()
                     step += 1
@@ -351,6 +389,7 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
                       "loss": sums["loss"] / max(1, sums["n"]),
                       "loss_easy": sums["easy"] / max(1, sums["n"]),
                       "loss_hard": sums["hard"] / sums["n_hard"] if sums["n_hard"] else None,
+                      "temperature": float(scale.temperature()),
                       "queries_per_second": queries / seconds if seconds else 0.0,
                       "loader_wait_seconds": loader.wait_seconds, "seconds": seconds}
             skip = 0
