@@ -24,25 +24,25 @@ TSNE_ITERATIONS = 500  # the map settles well before sklearn's default 1000 (hal
 def markdown_table(metrics: dict) -> str:
     """Methods as rows; each cell ``value [95% CI]``."""
     names = [f"hit_rate@{k}" for k in metrics["ks"]] + ["mrr"]
-    head = "| method | " + " | ".join(names) + " |"
+    return _table("method", names, {
+        method: [f"{m[n]:.4f} [{m['ci95'][n][0]:.4f}, {m['ci95'][n][1]:.4f}]" for n in names]
+        for method, m in metrics["methods"].items()})
+
+
+def _table(first: str, names: list[str], rows: dict[str, list[str]]) -> str:
+    """A Markdown table: column ``first`` holds the row names, then one column per name."""
+    head = f"| {first} | " + " | ".join(names) + " |"
     rule = "|---|" + "---|" * len(names)
-    rows = []
-    for method, m in metrics["methods"].items():
-        cells = [f"{m[n]:.4f} [{m['ci95'][n][0]:.4f}, {m['ci95'][n][1]:.4f}]" for n in names]
-        rows.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *rows])
+    return "\n".join([head, rule, *(f"| {row} | " + " | ".join(cells) + " |"
+                                     for row, cells in rows.items())])
 
 
 def difference_table(diffs: dict, names: list[str], base: str) -> str:
     """Rows ``name - base``; each cell the mean paired difference ``[95% CI]``, signed."""
-    head = "| row - " + base + " | " + " | ".join(names) + " |"
-    rule = "|---|" + "---|" * len(names)
-    rows = []
-    for row, d in diffs.items():
-        cells = [f"{d['difference'][n]:+.4f} [{d['ci95'][n][0]:+.4f}, {d['ci95'][n][1]:+.4f}]"
-                 for n in names]
-        rows.append(f"| {row} | " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *rows])
+    return _table(f"row - {base}", names, {
+        row: [f"{d['difference'][n]:+.4f} [{d['ci95'][n][0]:+.4f}, {d['ci95'][n][1]:+.4f}]"
+              for n in names]
+        for row, d in diffs.items()})
 
 
 def training_curves(tb_dir: Path | None, out: Path) -> str | None:

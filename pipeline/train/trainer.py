@@ -219,6 +219,10 @@ class LogitScale(torch.nn.Module):
             return self.fixed
         return torch.exp(-self.log_inv_t.clamp(max=self.MAX_LOG_INV_T))
 
+    def value(self) -> float:
+        """The current temperature as a plain number, for the history."""
+        return self.fixed if self.fixed is not None else float(self.temperature().detach())
+
     def all_reduce(self, world: int) -> None:
         grad = self.log_inv_t.grad
         if world > 1 and grad is not None:
@@ -389,7 +393,7 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
                       "loss": sums["loss"] / max(1, sums["n"]),
                       "loss_easy": sums["easy"] / max(1, sums["n"]),
                       "loss_hard": sums["hard"] / sums["n_hard"] if sums["n_hard"] else None,
-                      "temperature": float(scale.temperature()),
+                      "temperature": scale.value(),
                       "queries_per_second": queries / seconds if seconds else 0.0,
                       "loader_wait_seconds": loader.wait_seconds, "seconds": seconds}
             skip = 0
