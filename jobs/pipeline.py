@@ -68,6 +68,9 @@ def main(cfg) -> None:
     if train.history:
         print(f"  popularity baseline: val hit-rate@{kv} "
               f"{train.history[-1][f'val_popularity_hit_rate@{kv}']:.4f}")
+    if train.bias_scale:
+        print(f"  item bias: scale {train.bias_scale['chosen']:g} chosen on validation (val MRR "
+              + ", ".join(f"{s}: {m:.4f}" for s, m in train.bias_scale["val_mrr"].items()) + ")")
 
     infer = run_infer(spark, cfg)
     c = infer.counts

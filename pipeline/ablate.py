@@ -74,7 +74,8 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", name).strip("-") or "row"
 
 
-def _embed_row(spark: SparkSession, cfg, name: str) -> tuple[np.ndarray, str]:
+def _embed_row(spark: SparkSession, cfg, name: str
+               ) -> tuple[tuple[np.ndarray, np.ndarray | None], str]:
     """Sample (shared by rows with the same sampling settings), train and embed one row."""
     root = f"{cfg.run_dir}/_ablate"
     # Sampling reads train.* only for whether minibatches carry hard candidates.
@@ -110,8 +111,9 @@ def run_ablate(spark: SparkSession, cfg) -> AblationResult:
             ranks[name], models[name] = ranks[done[fp]], models[done[fp]]
             continue
         done[fp] = name
-        matrix, models[name] = _embed_row(spark, row, name)
-        top = M.only_items(baselines.embedding_topk(matrix, uniq, ks[-1], data.live), data.live)
+        (matrix, shift), models[name] = _embed_row(spark, row, name)
+        top = M.only_items(baselines.embedding_topk(matrix, uniq, ks[-1], data.live, shift),
+                           data.live)
         ranks[name] = M.target_ranks(top[inverse], data.targets)
         log.info("ablation %s: %s", name, M.summarize(ranks[name], ks))
 

@@ -77,6 +77,7 @@ class ModelConfig:
     id_embedding: str = "on"
     id_buckets: int = 100_000
     head_layers: int = 0             # dense layers after the last conv (2: the paper's); tuned: 0
+    item_bias: bool = True           # learned query shift u: score = cos(q, c) + u.z_c (popularity)
 
 
 @dataclass
@@ -97,6 +98,9 @@ class TrainConfig:
     resume: bool = False             # continue from the latest checkpoint of this run
     device: str = "auto"             # auto (cuda when available) | cpu | cuda
     val_k: int = 10                  # validation hit-rate@k on the split's validation pairs
+    # model.item_bias: scales of the learned query shift tried on the validation rows after
+    # training; the one with the best validation MRR is published (0 = no popularity prior)
+    bias_scales: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
 
 
 @dataclass

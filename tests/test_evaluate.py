@@ -8,11 +8,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from omegaconf import OmegaConf
 
+from pipeline import similar_items
 from pipeline.errors import PipelineError
 from pipeline.evaluate import baselines, index as ann, metrics as M, print_summary, run_evaluate
 from pipeline.evaluate.data import EvalData
 from pipeline.io import versioned
+from pipeline.io.embeddings import read_embeddings
 from pipeline.io.kinds import RETIRED_ID
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -206,10 +209,11 @@ def _write_graph(path, n_users=50, n_items=40, per_user=8, seed=0):
     return path
 
 
-def publish_embeddings(run_dir, matrix, ids, inputs):
+def publish_embeddings(run_dir, matrix, ids, inputs, query_shift=None):
     """A stand-in for the inference stage: an `embeddings` stage of the EMBEDDINGS schema."""
     with versioned.publish(run_dir, "embeddings", versioned.fingerprint([inputs, matrix.sum()]),
                            inputs=inputs) as out:
+        out.manifest["query_shift"] = None if query_shift is None else list(map(float, query_shift))
         (out.path / "embeddings").mkdir()
         pq.write_table(pa.table({"node": pa.array(np.arange(len(matrix)), pa.int64()),
                                  "id": pa.array(ids, pa.string()),
@@ -274,7 +278,6 @@ def test_metrics_json_structure_and_report(small_run, capsys):
 
 
 def test_index_stage_and_similar_items(small_run):
-    from pipeline import similar_items
     cfg, emb, ids = small_run
     run_evaluate(cfg)
     manifest = versioned.read_manifest(cfg.run_dir, "index")
@@ -307,7 +310,6 @@ def test_embeddings_from_another_split_are_refused(small_run):
 
 
 def test_bad_eval_config(small_run):
-    from omegaconf import OmegaConf
     cfg, _, _ = small_run
     with pytest.raises(PipelineError, match="eval.baselines: unknown"):
         run_evaluate(OmegaConf.merge(cfg, {"eval": {"baselines": ["magic"]}}))
@@ -317,7 +319,6 @@ def test_bad_eval_config(small_run):
 
 def test_removed_items_are_left_out_of_the_served_index(small_run, tmp_path):
     """Placeholders of removed items keep an embedding row but are never served."""
-    from pipeline import similar_items
     from pipeline.evaluate.index import publish_index
     cfg, _, _ = small_run
     matrix = _unit(30, 8, seed=9)
@@ -342,8 +343,6 @@ def test_removed_items_are_left_out_of_the_served_index(small_run, tmp_path):
 
 def test_compare_aggregators_trains_variants_beside_the_run(small_run):
     """Each variant is a real model on the run's own stages; the served ``model`` stage is untouched."""
-    from omegaconf import OmegaConf
-
     from pipeline.evaluate.variants import train_and_embed
     cfg, _, items = small_run
     cfg = OmegaConf.merge(cfg, {"eval": {"compare_aggregators": True, "aggregators": ["mean"],
@@ -357,7 +356,7 @@ def test_compare_aggregators_trains_variants_beside_the_run(small_run):
     for stage in ("graph", "split", "neighbors", "batches"):
         assert (sub / stage).resolve() == (Path(cfg.run_dir) / stage).resolve()
     assert not (Path(cfg.run_dir) / "model").exists()
-    matrix, again = train_and_embed(cfg, "mean")          # published once, then reused
+    (matrix, _), again = train_and_embed(cfg, "mean")     # published once, then reused
     assert again == version
     assert matrix.shape == (len(items), 8)
     np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1, rtol=1e-5)
@@ -367,7 +366,6 @@ def test_compare_aggregators_trains_variants_beside_the_run(small_run):
 
 def test_every_method_is_scored_on_the_same_rows(small_run, monkeypatch):
     """All methods' top-k lists are scored against the same held-out rows, in the same order."""
-    from omegaconf import OmegaConf
     cfg, _, _ = small_run
     scored = []
     real = M.target_ranks
@@ -381,3 +379,28 @@ def test_every_method_is_scored_on_the_same_rows(small_run, monkeypatch):
     assert len(scored) == len(result.metrics["methods"]) == 8
     assert all(shape == (result.metrics["num_queries"], 10) for shape, _ in scored)
     assert all(np.array_equal(targets, scored[0][1]) for _, targets in scored)
+
+
+def test_a_query_shift_moves_queries_not_candidates(small_run, tmp_path):
+    """With model.item_bias, every search ranks candidates by (z_q + u).z_c, exactly."""
+    cfg, _, _ = small_run
+    matrix = _unit(40, 8, seed=11)
+    ids = [f"m{i}" for i in range(40)]
+    shift = 3.0 * matrix[7] + 2.0 * matrix[12]          # a strong pull towards items 7 and 12
+    version = publish_embeddings(str(tmp_path), matrix, ids, {}, query_shift=shift)
+    emb = read_embeddings(str(tmp_path), version)
+    np.testing.assert_array_equal(emb.query_shift, shift.astype(np.float32))
+    queries = np.array([0, 7, 20, 39])
+    ann.publish_index(str(tmp_path), OmegaConf.merge(cfg.eval, {"index": "hnsw"}), version,
+                      queries)
+    top = baselines.embedding_topk(emb.matrix, queries, 5, shift=emb.query_shift)
+    got, scores = similar_items(str(tmp_path), [ids[q] for q in queries], k=5)
+    for q, exact_row, served, s in zip(queries, top, got, scores):
+        sims = matrix @ (matrix[q] + shift)
+        sims[q] = -np.inf
+        expect = np.argsort(-sims)[:5]
+        assert list(exact_row) == list(expect)
+        assert served == [ids[j] for j in expect]
+        assert np.allclose(s, sims[expect], atol=1e-5)
+    assert 7 in top[0] and 12 in top[0]                   # the shift's favourites come up
+    assert list(baselines.embedding_topk(emb.matrix, queries, 5)[0]) != list(top[0])

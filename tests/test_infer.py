@@ -84,7 +84,8 @@ def publish_inputs(run_dir: str, model: PinSage, features: np.ndarray, neighbors
                                  "num_neighbors": T, "num_layers": model.num_layers,
                                  "hidden_dim": model.hidden_dim, "aggregator": model.aggregator,
                                  "id_embedding": id_embedding, "id_buckets": 11,
-                                 "head_layers": model.head_layers}
+                                 "head_layers": model.head_layers,
+                                 "item_bias": model.item_bias}
 
 
 def reference(model: PinSage, features: np.ndarray, neighbors: pa.Table) -> np.ndarray:
@@ -95,16 +96,21 @@ def reference(model: PinSage, features: np.ndarray, neighbors: pa.Table) -> np.n
 
 
 def setup(make_cfg, agg: str, num_layers: int = 2, id_embedding: str = "on", *overrides: str,
-          hidden: int = HIDDEN, head_layers: int = 0):
+          hidden: int = HIDDEN, head_layers: int = 0, item_bias: bool = False):
     torch.manual_seed(1)
     model = PinSage(FEATURE_DIM, hidden, num_layers, agg, num_items=TRAINED,
-                    id_embedding=id_embedding, id_buckets=11, head_layers=head_layers).eval()
+                    id_embedding=id_embedding, id_buckets=11, head_layers=head_layers,
+                    item_bias=item_bias).eval()
+    if item_bias:
+        with torch.no_grad():
+            model.query_shift.normal_()
     features, neighbors = synthetic()
     # Small Arrow batches, so that parcels come from several batches per task and
     # each reduce partition combines its nodes in several chunks.
     cfg = make_cfg(f"model.aggregator={agg}", f"model.num_layers={num_layers}",
                    f"model.hidden_dim={hidden}", f"model.id_embedding={id_embedding}",
-                   f"model.head_layers={head_layers}", "infer.batch_rows=13", "infer.partitions=3",
+                   f"model.head_layers={head_layers}", f"model.item_bias={item_bias}",
+                   "infer.batch_rows=13", "infer.partitions=3",
                    *overrides)
     publish_inputs(cfg.run_dir, model, features, neighbors, id_embedding)
     return cfg, model, features, neighbors
@@ -136,6 +142,15 @@ def test_depths_ids_and_head(spark, make_cfg, num_layers, id_embedding, head_lay
                                             head_layers=head_layers)
     emb = read_embeddings(cfg.run_dir, run_infer(spark, cfg).version)
     np.testing.assert_allclose(emb.matrix, reference(model, features, neighbors), rtol=0, atol=1e-5)
+    assert emb.query_shift is None
+
+
+def test_item_bias_publishes_the_query_shift(spark, make_cfg):
+    """Candidates keep the model's embeddings; the learned shift travels in the manifest."""
+    cfg, model, features, neighbors = setup(make_cfg, "importance", item_bias=True)
+    emb = read_embeddings(cfg.run_dir, run_infer(spark, cfg).version)
+    np.testing.assert_allclose(emb.matrix, reference(model, features, neighbors), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(emb.query_shift, model.query_shift.detach().numpy(), rtol=0, atol=0)
 
 
 def test_item_added_after_training_uses_features_only():
@@ -186,18 +201,21 @@ def test_clear_errors(spark, make_cfg):
 
 
 def test_model_published_before_head_layers_is_headless(make_cfg):
-    """A spec without ``head_layers`` passes the check as 0 and builds on the executors as 0."""
+    """A spec without ``head_layers`` / ``item_bias`` is checked and built as 0 / False."""
     torch.manual_seed(0)
     model = PinSage(FEATURE_DIM, HIDDEN, 1, "mean", num_items=TRAINED).eval()
     old = {"feature_dim": FEATURE_DIM, "num_items": TRAINED, "num_neighbors": T, "num_layers": 1,
            "hidden_dim": HIDDEN, "aggregator": "mean", "id_embedding": "on", "id_buckets": 11}
     cfg = make_cfg("model.num_layers=1", f"model.hidden_dim={HIDDEN}", "model.aggregator=mean")
+    with pytest.raises(PipelineError, match="model.item_bias=False but the config says"):
+        check_compatible(old, cfg.model, FEATURE_DIM, T)
+    cfg.model.item_bias = False
     check_compatible(old, cfg.model, FEATURE_DIM, T)
     cfg.model.head_layers = 2
     with pytest.raises(PipelineError, match="model.head_layers=0 but the config says"):
         check_compatible(old, cfg.model, FEATURE_DIM, T)
     built = kernels.ModelBlob.of(model, old).build()
-    assert built.head_layers == 0 and len(built.head) == 0
+    assert built.head_layers == 0 and len(built.head) == 0 and built.query_shift is None
     with_head = build_model(cfg.model, FEATURE_DIM, TRAINED)
     assert with_head.head_layers == 2
     with pytest.raises(RuntimeError, match="head"):       # a headless checkpoint lacks G1, G2

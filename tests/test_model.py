@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.config import ModelConfig
 from pipeline.errors import PipelineError
@@ -369,3 +370,21 @@ def test_max_margin_loss_per_query_negatives():
     assert shared.item() == pytest.approx(per_query.item(), rel=1e-6)
     with pytest.raises(ValueError):
         max_margin_loss(z_q, z_pos, z_neg[:2], 0.5)
+
+
+def test_item_bias_is_a_learned_query_shift():
+    """score(q, c) = (z_q + u).z_c = cos(q, c) + u.z_c; candidates' embeddings are unchanged."""
+    torch.manual_seed(3)
+    plain = PinSage(3, 8, 1, "mean", num_items=10)
+    biased = PinSage(3, 8, 1, "mean", num_items=10, item_bias=True)
+    z = F.normalize(torch.randn(4, 8), dim=-1)
+    assert plain.query_shift is None and plain.query(z) is z
+    assert torch.equal(biased.query(z), z)                 # u starts at 0: no bias until learned
+    with torch.no_grad():
+        biased.query_shift.copy_(torch.arange(8.0))
+    assert torch.allclose(biased.query(z) @ z.T, z @ z.T + (z @ torch.arange(8.0))[None, :])
+    assert "query_shift" in biased.state_dict() and "query_shift" not in plain.state_dict()
+    old = {"num_layers": 1, "hidden_dim": 8, "aggregator": "mean", "id_embedding": "on",
+           "id_buckets": 7}
+    assert build_model(SimpleNamespace(**old), 3, 10).query_shift is None   # published before
+    assert build_model(SimpleNamespace(**old, item_bias=True), 3, 10).query_shift is not None

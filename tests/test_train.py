@@ -20,6 +20,7 @@ from pipeline.sampling import run_sample
 from pipeline.train.features import cached_feature_store
 from pipeline.train.loader import Draw, assemble, list_batch_files, read_batches
 from pipeline.train.trainer import curriculum, load_model, run_train
+from pipeline.train.validation import Validator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +71,26 @@ def test_training_on_movielens_learns(ml):
     model, manifest = load_model(cfg.run_dir)
     assert manifest["model"]["num_items"] == 1682 and model.num_layers == 2
     assert list((Path(cfg.run_dir) / "_tensorboard").rglob("events.out.tfevents.*"))
+    _check_bias_scale(cfg, model, manifest, result.bias_scale)
+
+
+def _check_bias_scale(cfg, model, manifest, bias) -> None:
+    """The published shift is the scale with the best validation MRR, recomputed by brute force."""
+    by_scale = {float(s): m for s, m in bias["val_mrr"].items()}
+    assert sorted(by_scale) == sorted(cfg.train.bias_scales)
+    assert by_scale[bias["chosen"]] == max(by_scale.values())
+    assert manifest["bias_scale"] == bias
+    store = cached_feature_store(cfg.run_dir, manifest["inputs"]["graph"])
+    val = Validator(cfg.run_dir, manifest["inputs"], store, cfg.sample.num_neighbors,
+                    torch.device("cpu"))
+    with torch.no_grad():
+        z = model.full_graph_embed(val.node_ids, val.features, val.nbr, val.nbr_w).numpy()
+    q, tgt = val.queries.numpy(), val.targets.numpy()
+    scores = (z[q] + model.query_shift.detach().numpy()) @ z.T
+    scores[:, ~val.live.numpy()] = -np.inf
+    scores[np.arange(len(q)), q] = -np.inf
+    rank = 1 + (scores > scores[np.arange(len(q)), tgt][:, None]).sum(axis=1)
+    assert np.mean(1.0 / rank) == pytest.approx(by_scale[bias["chosen"]], rel=1e-4)
 
 
 def _popularity(cfg) -> float:

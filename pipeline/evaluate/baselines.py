@@ -123,18 +123,21 @@ def als(data: EvalData, queries: np.ndarray, k: int, *, factors: int, iterations
 
 
 def embedding_topk(matrix: np.ndarray, queries: np.ndarray, k: int,
-                   live: np.ndarray | None = None) -> np.ndarray:
-    """Exact inner-product top-k over item vectors (row = item id), live items only."""
+                   live: np.ndarray | None = None, shift: np.ndarray | None = None) -> np.ndarray:
+    """Exact inner-product top-k over item vectors (row = item id), live items only.
+
+    ``shift`` is added to the query rows (PinSage's query shift, ``model.item_bias``).
+    """
     queries = np.asarray(queries, np.int64)
     if live is None or live.all():
-        top, _ = ann.search(ann.exact_index(matrix), matrix, queries, k)
+        top, _ = ann.search(ann.exact_index(matrix), matrix, queries, k, shift)
         return top
     items = np.flatnonzero(live)
     row_of = np.cumsum(live) - 1                  # item id -> row among the live items
     if not live[queries].all():
         raise ValueError("a query is a removed item's placeholder")
     sub = matrix[items]
-    top, _ = ann.search(ann.exact_index(sub), sub, row_of[queries], k)
+    top, _ = ann.search(ann.exact_index(sub), sub, row_of[queries], k, shift)
     return np.where(top >= 0, items[np.maximum(top, 0)], -1)
 
 

@@ -17,8 +17,10 @@ from pipeline.io.arrays import dense_neighbors
 
 
 @torch.no_grad()
-def embed_items(run_dir: str, model_version: str | None = None) -> np.ndarray:
-    """``(n_items, d)`` L2-normalised embeddings of every item by a published model."""
+def embed_items(run_dir: str, model_version: str | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(n_items, d)`` L2-normalised embeddings of every item by a published model, and the
+    model's query shift (``PinSage.query``; None without ``model.item_bias``)."""
     from pipeline.train.trainer import load_model
     model, manifest = load_model(run_dir, model_version)
     inputs = manifest["inputs"]
@@ -28,4 +30,5 @@ def embed_items(run_dir: str, model_version: str | None = None) -> np.ndarray:
     ids, w = dense_neighbors(ds.dataset(str(nb_dir), format="parquet").to_table(), n, T)
     z = model.full_graph_embed(torch.arange(n), torch.from_numpy(store.gather(np.arange(n))),
                                torch.from_numpy(ids), torch.from_numpy(w))
-    return z.numpy().astype(np.float32)
+    shift = None if model.query_shift is None else model.query_shift.detach().numpy()
+    return z.numpy().astype(np.float32), shift

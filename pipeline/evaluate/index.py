@@ -8,6 +8,7 @@ with its recall@K against the exact one in the manifest.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -64,18 +65,20 @@ def approximate_index(matrix: np.ndarray, kind: str, *, m: int = 32, ef_construc
     return index
 
 
-def search(index: faiss.Index, matrix: np.ndarray, queries: np.ndarray, k: int
-           ) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, matrix: np.ndarray, queries: np.ndarray, k: int,
+           shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` rows and scores for each query row, the query itself excluded.
 
     Asks for ``k + 1`` and drops the query, so every row keeps ``k`` results
-    (``-1`` where the index has fewer).
+    (``-1`` where the index has fewer). ``shift`` is added to each query's row
+    (the model's query shift, ``PinSage.query``).
     """
     k1 = min(k + 1, index.ntotal)
     rows, scores = [], []
     for lo in range(0, len(queries), SEARCH_CHUNK):
         q = queries[lo:lo + SEARCH_CHUNK]
-        s, i = index.search(np.ascontiguousarray(matrix[q], dtype=np.float32), k1)
+        vectors = matrix[q] if shift is None else matrix[q] + shift
+        s, i = index.search(np.ascontiguousarray(vectors, dtype=np.float32), k1)
         kept = drop_query(i, q, k)
         # Scores follow their items: look each kept item's score up in its row.
         pos = np.argmax(i[:, None, :] == kept[:, :, None], axis=2)
@@ -137,9 +140,9 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
                               nprobe=ev.index_nprobe, seed=seed)
     build_s = time.perf_counter() - t0
     kmax = max(ev.ks)
-    exact_top, _ = search(exact_index(matrix), matrix, queries, kmax)
+    exact_top, _ = search(exact_index(matrix), matrix, queries, kmax, emb.query_shift)
     t0 = time.perf_counter()
-    approx_top, _ = search(index, matrix, queries, kmax)
+    approx_top, _ = search(index, matrix, queries, kmax, emb.query_shift)
     search_s = time.perf_counter() - t0
     quality = {f"recall@{k}": round(recall(approx_top, exact_top, k), 4) for k in ev.ks}
     with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs, keep=keep) as out:
@@ -153,6 +156,7 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
                        "retired_items_left_out": int((~live).sum()),
                        "recall_queries": int(len(queries))},
             "quality": quality,
+            "query_shift": None if emb.query_shift is None else emb.query_shift.tolist(),
             "seconds": {"build": round(build_s, 3),
                         "search_per_query_ms": round(1000 * search_s / max(1, len(queries)), 4)},
             "schema": {ITEMS_TABLE: schemas.describe(schemas.INDEX_ITEMS)},
@@ -162,14 +166,17 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
 
 
 @functools.lru_cache(maxsize=4)
-def _open(path: str) -> tuple[faiss.Index, np.ndarray, dict[str, int]]:
-    """A published index, its row ids and id -> row; cached (versions never change)."""
+def _open(path: str) -> tuple[faiss.Index, np.ndarray, dict[str, int], np.ndarray | None]:
+    """A published index, its row ids, id -> row and the query shift; cached (versions never
+    change)."""
     index = faiss.read_index(str(Path(path) / INDEX_FILE))
     if isinstance(index, faiss.IndexIVF):
         index.make_direct_map()  # lets reconstruct() find a row's vector
     items = pq.read_table(Path(path) / ITEMS_TABLE)
     ids = np.asarray(items.column("id").to_pylist(), dtype=object)
-    return index, ids, {v: i for i, v in enumerate(ids)}
+    shift = json.loads((Path(path) / versioned.MANIFEST).read_text()).get("query_shift")
+    return (index, ids, {v: i for i, v in enumerate(ids)},
+            None if shift is None else np.asarray(shift, np.float32))
 
 
 def similar_items(run_dir: str | os.PathLike, ids, k: int = 10, version: str | None = None
@@ -183,7 +190,7 @@ def similar_items(run_dir: str | os.PathLike, ids, k: int = 10, version: str | N
     if k < 1:
         raise PipelineError(f"k must be >= 1, got {k}")
     path = versioned.resolve(run_dir, STAGE, version)
-    index, row_ids, row_of = _open(str(path))
+    index, row_ids, row_of, shift = _open(str(path))
     wanted = [str(i) for i in ids]
     missing = [i for i in wanted if i not in row_of]
     if missing:
@@ -191,6 +198,8 @@ def similar_items(run_dir: str | os.PathLike, ids, k: int = 10, version: str | N
                             f"e.g. {missing[:5]}")
     rows = np.asarray([row_of[i] for i in wanted], dtype=np.int64)
     vectors = index.reconstruct_batch(rows) if len(rows) else np.zeros((0, index.d), np.float32)
+    if shift is not None:   # an item searches with its shifted vector (PinSage.query)
+        vectors = vectors + shift
     k1 = min(k + 1, index.ntotal)
     s, found = index.search(vectors, k1) if len(rows) else (np.zeros((0, k1)), np.zeros((0, k1), np.int64))
     kept = drop_query(found, rows, k)

@@ -193,7 +193,8 @@ def run_evaluate(cfg) -> EvalResult:
 
     notes: dict[str, str] = {}
     methods = _methods(cfg, data, kmax, notes)
-    methods[OURS] = lambda q: baselines.embedding_topk(emb.matrix, q, kmax, data.live)
+    methods[OURS] = lambda q: baselines.embedding_topk(emb.matrix, q, kmax, data.live,
+                                                       emb.query_shift)
     origin = lineage(run_dir, "embeddings", emb.version)
     model_manifest = (versioned.read_manifest(run_dir, "model", origin["model"])
                       if "model" in origin else None)
@@ -206,16 +207,16 @@ def run_evaluate(cfg) -> EvalResult:
             name = f"{OURS}[{agg}]"
 
             def run_variant(q, agg=agg, name=name):
-                matrix, version = variants_mod.train_and_embed(cfg, agg)
+                (matrix, shift), version = variants_mod.train_and_embed(cfg, agg)
                 variants[name] = version
-                return baselines.embedding_topk(matrix, q, kmax, data.live)
+                return baselines.embedding_topk(matrix, q, kmax, data.live, shift)
             methods[name] = run_variant
     inductive = new_items.is_inductive(run_dir, data.split_version)
     if inductive:
         def run_retrained(q):
-            matrix, version = variants_mod.retrained(cfg)
+            (matrix, shift), version = variants_mod.retrained(cfg)
             variants[RETRAINED] = version
-            return baselines.embedding_topk(matrix, q, kmax, data.live)
+            return baselines.embedding_topk(matrix, q, kmax, data.live, shift)
         methods[RETRAINED] = run_retrained
 
     ranks: dict[str, np.ndarray] = {}

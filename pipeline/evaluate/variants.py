@@ -33,7 +33,7 @@ def variant_dir(run_dir: str, name: str) -> Path:
                                       INPUT_STAGES))
 
 
-def _train(cfg, name: str, overrides: dict, inductive: bool = True) -> tuple[np.ndarray, str]:
+def _train(cfg, name: str, overrides: dict, inductive: bool = True) -> tuple[tuple[np.ndarray, np.ndarray | None], str]:
     from pipeline.train.trainer import run_train
     sub = variant_dir(cfg.run_dir, name)
     variant = OmegaConf.merge(cfg, {"run_dir": str(sub), "train": {"resume": False}}, overrides)
@@ -42,12 +42,13 @@ def _train(cfg, name: str, overrides: dict, inductive: bool = True) -> tuple[np.
     return embed_items(str(sub), result.version), result.version
 
 
-def train_and_embed(cfg, aggregator: str) -> tuple[np.ndarray, str]:
-    """Train (or reuse) the ``aggregator`` variant; ``(item embeddings, model version)``."""
+def train_and_embed(cfg, aggregator: str) -> tuple[tuple[np.ndarray, np.ndarray | None], str]:
+    """Train (or reuse) the ``aggregator`` variant; ``((item embeddings, query shift), model
+    version)``."""
     return _train(cfg, f"aggregator={aggregator}", {"model": {"aggregator": aggregator}})
 
 
-def retrained(cfg) -> tuple[np.ndarray, str]:
+def retrained(cfg) -> tuple[tuple[np.ndarray, np.ndarray | None], str]:
     """``new_items``' upper bound: the same configuration trained with the new items' edges.
 
     Its minibatches are the run's own (sampled from the split's whole training

@@ -58,7 +58,8 @@ EMBEDDING_SCHEMA = "node long, id string, embedding array<float>"
 # when infer.partitions=0: a reduce task holds its whole partition, a few hundred MB.
 REDUCE_ROWS_PER_PARTITION = 2_000_000
 # Model fields that must match the configuration the user asks for.
-MODEL_FIELDS = ("num_layers", "hidden_dim", "aggregator", "id_embedding", "head_layers")
+MODEL_FIELDS = ("num_layers", "hidden_dim", "aggregator", "id_embedding", "head_layers",
+                "item_bias")
 
 
 @dataclass
@@ -317,7 +318,9 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
                   "not_reused_because": why or None,
                   "computed_items": computed,
                   "seconds": round(total, 2), "items_per_second": round(n_items / total)}
-        out.manifest.update({"counts": counts,
+        # Serving adds it to a query's embedding (PinSage.query); None: search with the embedding.
+        shift = None if model.query_shift is None else model.query_shift.detach().tolist()
+        out.manifest.update({"counts": counts, "query_shift": shift,
                              "schema": {TABLE: schemas.describe(schemas.EMBEDDINGS)}})
     log.info("embeddings: %d items in %.1fs (%d re-embedded, %d with no neighbours, %d unseen by "
              "the model)", n_items, total, counts["recomputed_items"],

@@ -19,6 +19,7 @@ class Embeddings:
     node: np.ndarray        # (N,) int64, ascending
     id: list[str]           # (N,) the source's ids
     matrix: np.ndarray      # (N, d) float32, L2-normalised rows
+    query_shift: np.ndarray | None = None   # (d,) added to a query's row (model.item_bias)
 
 
 def read_embeddings(run_dir: str | os.PathLike, version: str | None = None) -> Embeddings:
@@ -32,5 +33,7 @@ def read_embeddings(run_dir: str | os.PathLike, version: str | None = None) -> E
     n = table.num_rows
     dim = len(emb[0]) if n else 0
     matrix = emb.flatten().to_numpy().astype(np.float32, copy=False).reshape(n, dim)
+    shift = versioned.read_manifest(run_dir, STAGE, path.name).get("query_shift")
     return Embeddings(version=path.name, node=table.column("node").to_numpy(),
-                      id=table.column("id").to_pylist(), matrix=matrix)
+                      id=table.column("id").to_pylist(), matrix=matrix,
+                      query_shift=None if shift is None else np.asarray(shift, np.float32))

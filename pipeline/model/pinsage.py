@@ -63,11 +63,12 @@ class PinSage(nn.Module):
     added after training (id >= num_items) has no row: its ID contribution is
     zero, so it is embedded from its features and neighbours alone (inductive).
     ``head_layers``: dense layers after the last convolution (:func:`dense_head`).
+    ``item_bias``: a learned query shift ``u`` (see :meth:`query`).
     """
 
     def __init__(self, feature_dim: int, hidden_dim: int, num_layers: int, aggregator: str,
                  num_items: int, id_embedding: str = "on", id_buckets: int = 100_000,
-                 head_layers: int = 0):
+                 head_layers: int = 0, item_bias: bool = False):
         super().__init__()
         check_aggregator(aggregator)
         if id_embedding not in ID_EMBEDDINGS:
@@ -94,6 +95,20 @@ class PinSage(nn.Module):
         self.convs = nn.ModuleList(PinSageConv(hidden_dim, hidden_dim, aggregator)
                                    for _ in range(num_layers))
         self.head = dense_head(hidden_dim, head_layers)
+        self.item_bias = item_bias
+        self.query_shift = nn.Parameter(torch.zeros(hidden_dim)) if item_bias else None
+
+    def query(self, z: torch.Tensor) -> torch.Tensor:
+        """The vector a query item searches with: its embedding plus the learned shift ``u``.
+
+        The score of candidate c is ``(z_q + u)·z_c = cos(q, c) + u·z_c``:
+        ``u·z_c`` is a bias for how often c is the answer whatever the query,
+        which unit-norm embeddings alone cannot express (on graphs whose
+        answers are hubs, popularity beats them). Candidates keep their
+        unit-norm embeddings, so the index is unchanged; only the query
+        vector moves. Without ``item_bias`` the query is the embedding.
+        """
+        return z if self.query_shift is None else z + self.query_shift
 
     def input_layer(self, node_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
         """(n, hidden): projected features plus the node's ID embedding (0 for unseen ids)."""

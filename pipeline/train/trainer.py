@@ -49,6 +49,7 @@ class TrainResult:
     version: str | None
     history: list[dict] = field(default_factory=list)
     reused: bool = False
+    bias_scale: dict | None = None     # model.item_bias: the scale chosen on validation
 
 
 @dataclass
@@ -131,7 +132,9 @@ def batch_loss(model, mb: Minibatch, *, loss: str, margin: float, temperature: f
     detached) is what they add.
     """
     z = model(mb.nodes, mb.features, mb.nbr_idx, mb.nbr_weight)
-    zq, zp, ze = z[mb.query], z[mb.positive], z[mb.easy]
+    # Queries search with their shifted vector (model.item_bias); DDP wraps the model.
+    zq = getattr(model, "module", model).query(z[mb.query])
+    zp, ze = z[mb.positive], z[mb.easy]
     mask = mb.hard >= 0
     z_hard = z[mb.hard.clamp_min(0)] if mb.hard.shape[1] else None
     if loss == "max_margin":
@@ -161,7 +164,10 @@ def _validate(t) -> None:
               (t.temperature > 0, f"train.temperature must be > 0, got {t.temperature}"),
               (t.easy_negatives >= 1, f"train.easy_negatives must be >= 1, got {t.easy_negatives}"),
               (t.max_hard_negatives >= 0,
-               f"train.max_hard_negatives must be >= 0, got {t.max_hard_negatives}")]
+               f"train.max_hard_negatives must be >= 0, got {t.max_hard_negatives}"),
+              (len(t.bias_scales) > 0 and min(t.bias_scales) >= 0,
+               f"train.bias_scales must be a non-empty list of numbers >= 0, got "
+               f"{list(t.bias_scales)}")]
     for ok, msg in checks:
         if not ok:
             raise PipelineError(msg)
@@ -256,7 +262,8 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
     if existing and not cfg.force and stop_after_epoch is None:
         log.info("model/%s already trained from these inputs and config; reusing it", existing)
         manifest = versioned.read_manifest(run_dir, STAGE, existing)
-        return TrainResult(existing, manifest.get("history", []), reused=True)
+        return TrainResult(existing, manifest.get("history", []), reused=True,
+                           bias_scale=manifest.get("bias_scale"))
 
     seed_everything(int(cfg.seed))
     store = cached_feature_store(src, inputs["graph"])
@@ -414,6 +421,7 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
         if not ddp.main:
             return TrainResult(None, history)
         unseen_id_rows(model, view.new, check=True)
+        bias = _choose_bias_scale(model, val, t.bias_scales)
         # Lineage names the evaluated split, which the inductive view was cut from.
         recorded = inputs if view.source_split is None else {
             **inputs, "split": view.source_split, "inductive_split": inputs["split"]}
@@ -424,15 +432,38 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
                 "counts": {"epochs": t.epochs, "steps": step, "parameters":
                            sum(p.numel() for p in model.parameters())},
                 "history": history,
+                "bias_scale": bias,
                 "model": {"feature_dim": store.dim, "num_items": store.num_items,
                           "num_neighbors": T, **params["model"]},
             })
-        return TrainResult(out.version, history)
+        return TrainResult(out.version, history, bias_scale=bias)
     finally:
         if writer is not None:
             writer.close()
         if ddp.world > 1 and dist.is_initialized():
             dist.barrier()
+
+
+@torch.no_grad()
+def _choose_bias_scale(model, val, scales) -> dict | None:
+    """Scale the learned query shift (``model.item_bias``) by the best of ``scales`` on validation.
+
+    The shift carries the popularity prior of the training pairs. Whether the
+    held-out rows follow it depends on the graph: on hub-dominated graphs
+    (dependencies, baskets) it is most of the answer, while leave-last-out on
+    ratings asks for items that were rarer in training. So the prior's weight
+    is chosen, like any setting, on the validation rows, and published in
+    place (serving then uses it as it is). ``None`` without a shift.
+    """
+    if model.query_shift is None or val is None:
+        return None
+    model.eval()
+    by_scale = val.mrr_by_bias_scale(model, scales)
+    chosen = max(scales, key=lambda s: (by_scale[s], -s)) if by_scale else 1.0
+    model.query_shift.mul_(float(chosen))
+    log.info("item bias: scale %s chosen on validation (MRR by scale: %s)", chosen,
+             ", ".join(f"{s}: {m:.4f}" for s, m in by_scale.items()))
+    return {"chosen": float(chosen), "val_mrr": {str(s): m for s, m in by_scale.items()}}
 
 
 def _tensorboard(run_dir: str, fp: str):

@@ -22,16 +22,18 @@ QUERY_CHUNK = 1024
 
 
 def hit_rate(embeddings: torch.Tensor, queries: torch.Tensor, targets: torch.Tensor, k: int,
-             live: torch.Tensor | None = None) -> float:
+             live: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> float:
     """Share of queries whose target is among the k best inner products, the query excluded.
 
-    ``live`` (a mask over items) leaves removed items' placeholders out of the ranking.
+    ``live`` (a mask over items) leaves removed items' placeholders out of the
+    ranking; ``shift`` is added to the query vectors (``PinSage.query``).
     """
     hits = 0
     candidates = len(embeddings) if live is None else int(live.sum())
     for lo in range(0, len(queries), QUERY_CHUNK):
         q, tgt = queries[lo:lo + QUERY_CHUNK], targets[lo:lo + QUERY_CHUNK]
-        s = embeddings[q] @ embeddings.T
+        zq = embeddings[q] if shift is None else embeddings[q] + shift
+        s = zq @ embeddings.T
         if live is not None:
             s[:, ~live] = -torch.inf
         s[torch.arange(len(q)), q] = -torch.inf
@@ -78,18 +80,44 @@ class Validator:
             if files else None
 
     @torch.no_grad()
+    def mrr_by_bias_scale(self, model, scales) -> dict[float, float]:
+        """Validation MRR when queries search with ``z_q + s·u`` (u: the model's query shift).
+
+        A target's rank counts the live items other than the query that
+        score strictly higher; MRR is the mean of 1/rank (no cut-off). Empty
+        without validation rows.
+        """
+        if len(self.queries) == 0:
+            return {}
+        z = model.full_graph_embed(self.node_ids, self.features, self.nbr, self.nbr_w).cpu()
+        bias = z @ model.query_shift.detach().cpu()            # u.z_c for every candidate
+        out = {}
+        for s in scales:
+            recip = []
+            for lo in range(0, len(self.queries), QUERY_CHUNK):
+                q, tgt = self.queries[lo:lo + QUERY_CHUNK], self.targets[lo:lo + QUERY_CHUNK]
+                scores = z[q] @ z.T + float(s) * bias
+                scores[:, ~self.live] = -torch.inf
+                scores[torch.arange(len(q)), q] = -torch.inf
+                own = scores[torch.arange(len(q)), tgt]
+                recip.append(1.0 / (1 + (scores > own[:, None]).sum(dim=1)).double())
+            out[float(s)] = float(torch.cat(recip).mean())
+        return out
+
+    @torch.no_grad()
     def evaluate(self, model) -> dict:
         from pipeline.model import max_margin_loss
         z = model.full_graph_embed(self.node_ids, self.features, self.nbr, self.nbr_w).cpu()
+        shift = None if model.query_shift is None else model.query_shift.detach().cpu()
         out = {f"val_hit_rate@{self.k}": hit_rate(z, self.queries, self.targets, self.k,
-                                                       self.live),
+                                                       self.live, shift),
                f"val_popularity_hit_rate@{self.k}": self.popularity_hit_rate}
         losses = []
         if self.val_loader is not None:
             for mb in self.val_loader:
                 mb = mb.to(self.device)
                 zb = model(mb.nodes, mb.features, mb.nbr_idx, mb.nbr_weight)
-                losses.append(max_margin_loss(zb[mb.query], zb[mb.positive], zb[mb.easy],
-                                              self.margin).item())
+                losses.append(max_margin_loss(model.query(zb[mb.query]), zb[mb.positive],
+                                              zb[mb.easy], self.margin).item())
         out["val_loss"] = float(np.mean(losses)) if losses else None
         return out
