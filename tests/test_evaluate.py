@@ -341,6 +341,21 @@ def test_removed_items_are_left_out_of_the_served_index(small_run, tmp_path):
         similar_items(str(tmp_path), [RETIRED_ID], k=3)
 
 
+def test_similar_items_serves_the_released_index_not_a_newer_one(small_run, tmp_path):
+    cfg, _, _ = small_run
+    ids = [f"m{i}" for i in range(20)]
+    indexes = []
+    for seed in (1, 2):                      # two embeddings, each with its own index
+        emb = publish_embeddings(str(tmp_path), _unit(20, 8, seed=seed), ids, {})
+        indexes.append(ann.publish_index(str(tmp_path), cfg.eval, emb, np.array([0])).version)
+    answers = [similar_items(str(tmp_path), ["m0"], k=5, version=v)[0] for v in indexes]
+    assert answers[0] != answers[1]
+    assert similar_items(str(tmp_path), ["m0"], k=5)[0] == answers[1]       # no release yet
+    with versioned.publish(str(tmp_path), versioned.RELEASE, "r" * 64) as out:
+        out.manifest["versions"] = {"index": indexes[0]}
+    assert similar_items(str(tmp_path), ["m0"], k=5)[0] == answers[0]
+
+
 def test_compare_aggregators_trains_variants_beside_the_run(small_run):
     """Each variant is a real model on the run's own stages; the served ``model`` stage is untouched."""
     from pipeline.evaluate.variants import train_and_embed

@@ -115,3 +115,25 @@ def test_file_identity_changes_when_file_rewritten(tmp_path):
     before = versioned.fingerprint(versioned.file_identity(f))
     f.write_text("a,b\n1,2\n")
     assert versioned.fingerprint(versioned.file_identity(f)) != before
+
+
+def _release(run_dir, **versions) -> str:
+    with versioned.publish(run_dir, versioned.RELEASE, "r" * 64) as out:
+        out.manifest["versions"] = versions
+    return out.version
+
+
+def test_pruning_never_deletes_what_a_release_serves(tmp_path):
+    assert versioned.served_version(tmp_path, "stage") is None
+    released = _publish(tmp_path, "served", fp="0" * 64)
+    _release(tmp_path, stage=released)
+    later = [_publish(tmp_path, str(i), fp=f"{i:064d}", keep=2) for i in range(1, 5)]
+    assert versioned.list_versions(tmp_path, "stage") == [released] + later[-2:]
+    assert versioned.latest_version(tmp_path, "stage") == later[-1]
+    assert versioned.served_version(tmp_path, "stage") == released       # not the newest
+    assert versioned.served_version(tmp_path, "other") is None
+    _release(tmp_path, stage=later[-1])
+    newest = _publish(tmp_path, "5", fp=f"{5:064d}", keep=2)
+    # Both releases' versions are kept beside the newest two.
+    assert versioned.list_versions(tmp_path, "stage") == [released, later[-1], newest]
+    assert versioned.served_version(tmp_path, "stage") == later[-1]

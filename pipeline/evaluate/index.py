@@ -185,11 +185,12 @@ def similar_items(run_dir: str | os.PathLike, ids, k: int = 10, version: str | N
 
     Returns ``(similar ids, scores)``: one list of source ids per query and an
     ``(len(ids), k)`` float32 array of inner products, best first; the query
-    itself is never among its results.
+    itself is never among its results. Without ``version``, the index of the
+    current release (the newest index before the first release).
     """
     if k < 1:
         raise PipelineError(f"k must be >= 1, got {k}")
-    path = versioned.resolve(run_dir, STAGE, version)
+    path = versioned.resolve(run_dir, STAGE, version or versioned.served_version(run_dir, STAGE))
     index, row_ids, row_of, shift = _open(str(path))
     wanted = [str(i) for i in ids]
     missing = [i for i in wanted if i not in row_of]

@@ -39,6 +39,9 @@ LATEST = "_LATEST"
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
 TMP_PREFIX = "_tmp-"
+# The refresh's stage: each version's manifest names, under "versions", the
+# stage versions it serves, which pruning must never delete.
+RELEASE = "release"
 
 
 class StageNotFound(FileNotFoundError):
@@ -300,12 +303,35 @@ def point_latest(run_dir: str | os.PathLike, stage: str, version: str) -> None:
     _write_atomic(stage_dir(run_dir, stage) / LATEST, version + "\n")
 
 
+def released_versions(run_dir: str | os.PathLike, stage: str) -> set[str]:
+    """The versions of ``stage`` that some kept release names."""
+    named = set()
+    for release in list_versions(run_dir, RELEASE):
+        named.add(read_manifest(run_dir, RELEASE, release).get("versions", {}).get(stage))
+    return named - {None}
+
+
+def served_version(run_dir: str | os.PathLike, stage: str) -> str | None:
+    """The version of ``stage`` the current release names; ``_LATEST`` before any release.
+
+    What serving reads: a job run after the release may have published a
+    newer version that no refresh has checked yet.
+    """
+    release = latest_version(run_dir, RELEASE)
+    if release is not None:
+        named = read_manifest(run_dir, RELEASE, release).get("versions", {}).get(stage)
+        if named is not None:
+            return named
+    return latest_version(run_dir, stage)
+
+
 def prune(run_dir: str | os.PathLike, stage: str, keep: int) -> list[str]:
-    """Delete the oldest versions beyond ``keep``; never the one ``_LATEST`` names."""
+    """Delete the oldest versions beyond ``keep``; never the one ``_LATEST`` names,
+    nor one a kept release serves (ordinary job runs must not break a release)."""
     keep = max(1, keep)
-    latest = latest_version(run_dir, stage)
+    spared = {latest_version(run_dir, stage)} | released_versions(run_dir, stage)
     versions = list_versions(run_dir, stage)
-    doomed = [v for v in versions[:-keep] if v != latest] if len(versions) > keep else []
+    doomed = [v for v in versions[:-keep] if v not in spared] if len(versions) > keep else []
     for v in doomed:
         shutil.rmtree(stage_dir(run_dir, stage) / v, ignore_errors=True)
     return doomed

@@ -26,7 +26,7 @@ from pipeline.refresh.lock import RunLock
 
 log = logging.getLogger(__name__)
 
-STAGE = "release"
+STAGE = versioned.RELEASE
 HIT_RATE = "hit_rate@10"
 # Stages a release is made of (pairs and batches only when it retrains).
 SERVED = ("graph", "split", "neighbors", "model", "embeddings", "index")
