@@ -25,8 +25,9 @@ from omegaconf import OmegaConf
 from pyspark.sql import SparkSession
 from tqdm import tqdm
 
+from pipeline import metrics as M
 from pipeline.errors import PipelineError
-from pipeline.evaluate import baselines, data as eval_data, metrics as M, report
+from pipeline.evaluate import baselines, data as eval_data, report
 from pipeline.evaluate.embed import embed_items
 from pipeline.io import versioned
 from pipeline.sampling import run_sample

@@ -10,13 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline import similar_items
+from pipeline import metrics as M
 from pipeline.errors import PipelineError
-from pipeline.evaluate import baselines, index as ann, metrics as M, print_summary, run_evaluate
+from pipeline.evaluate import baselines, index as ann, print_summary, run_evaluate
 from pipeline.evaluate.data import EvalData
 from pipeline.io import versioned
 from pipeline.io.embeddings import read_embeddings
 from pipeline.io.kinds import RETIRED_ID
+from pipeline.serve import similar_items
 
 # --- metrics ---------------------------------------------------------------------------------
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 from pyspark.sql import functions as F
 
-from pipeline.evaluate.data import read_live_items
+from pipeline.data.features import build_feature_store
+from pipeline.data.split import read_live_items
 from pipeline.ingest import read_graph, run_ingest
 from pipeline.io import versioned
 from pipeline.sampling import run_sample
-from pipeline.train.features import build_feature_store
 
 
 def _nodes(spark, cfg):

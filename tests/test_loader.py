@@ -12,10 +12,10 @@ import pytest
 import torch
 from pyspark.sql import types as T
 
+from pipeline.data.features import FeatureStore, build_feature_store
 from pipeline.io import schemas
 from pipeline.model import PinSage
 from pipeline.train import loader as loader_mod
-from pipeline.train.features import FeatureStore, build_feature_store
 from pipeline.train.loader import (BatchLoader, Draw, LoaderError, Minibatch, assemble,
                                    list_batch_files, read_batches)
 

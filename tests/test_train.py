@@ -12,12 +12,12 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
+from pipeline.data.features import cached_feature_store
+from pipeline.data.split import read_live_items
 from pipeline.errors import PipelineError
-from pipeline.evaluate.data import read_live_items
 from pipeline.ingest import run_ingest
 from pipeline.io import versioned
 from pipeline.sampling import run_sample
-from pipeline.train.features import cached_feature_store
 from pipeline.train.loader import Draw, assemble, list_batch_files, read_batches
 from pipeline.train.trainer import curriculum, load_model, run_train
 from pipeline.train.validation import Validator

@@ -3,18 +3,18 @@
 Publishes two stages:
 
 * ``index``: an approximate nearest-neighbour index (faiss HNSW or IVF) over
-  the published ``embeddings``, for serving (:func:`similar_items`), with its
+  the published ``embeddings``, for serving (:mod:`pipeline.serve`), with its
   recall@K against exact search in the manifest;
 * ``eval``: ``metrics.json`` (hit-rate@K, MRR and bootstrap 95% CIs per
   method) and ``report/`` (the Markdown table and PNG plots).
 
 Every method answers the same queries over the same candidates (every item
-but the query) and is scored by the same code (:mod:`.metrics`); every
+but the query) and is scored by the same code (:mod:`pipeline.metrics`); every
 baseline sees only the split's training edges.
 
-The names below load on first use (PEP 562), so the light modules
-(:mod:`.data`, :mod:`.metrics`, which validation during training uses) do not
-pull in faiss, implicit, scikit-learn and matplotlib.
+The names below load on first use (PEP 562), so serving, which reads the
+``index`` stage's layout from :mod:`.index`, does not pull in implicit,
+scikit-learn and matplotlib.
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ _EXPORTS = {
     "lineage": "pipeline.evaluate.run",
     "BASELINES": "pipeline.evaluate.run",
     "STAGE": "pipeline.evaluate.run",
-    "similar_items": "pipeline.evaluate.index",
 }
 
 

@@ -37,7 +37,7 @@ from torch_geometric.nn.models import LightGCN
 
 from pipeline.evaluate import index as ann
 from pipeline.evaluate.data import EvalData
-from pipeline.evaluate.metrics import drop_query
+from pipeline.metrics import drop_query
 from pipeline.sampling import ppr, walks
 
 # item_knn with bm25: term-frequency saturation (implicit's default; binary data barely feel it).

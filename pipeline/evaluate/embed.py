@@ -11,9 +11,10 @@ import numpy as np
 import pyarrow.dataset as ds
 import torch
 
-from pipeline.train.features import cached_feature_store
+from pipeline.data.features import cached_feature_store
 from pipeline.io import versioned
 from pipeline.io.arrays import dense_neighbors
+from pipeline.train.trainer import load_model
 
 
 @torch.no_grad()
@@ -21,7 +22,6 @@ def embed_items(run_dir: str, model_version: str | None = None
                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(n_items, d)`` L2-normalised embeddings of every item by a published model, and the
     model's query shift (``PinSage.query``; None without ``model.item_bias``)."""
-    from pipeline.train.trainer import load_model
     model, manifest = load_model(run_dir, model_version)
     inputs = manifest["inputs"]
     store = cached_feature_store(run_dir, inputs["graph"])

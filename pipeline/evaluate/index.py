@@ -2,18 +2,14 @@
 
 Embeddings are L2-normalised, so the inner product is the cosine. Evaluation
 ranks with an exact ``IndexFlatIP`` (no approximation error in the metrics);
-the ``index`` stage publishes an approximate index (HNSW or IVF) for serving,
-with its recall@K against the exact one in the manifest.
+the ``index`` stage publishes an approximate index (HNSW or IVF) for serving
+(:mod:`pipeline.serve`), with its recall@K against the exact one in the manifest.
 """
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -22,10 +18,10 @@ import pyarrow.parquet as pq
 
 import pipeline
 from pipeline.errors import PipelineError
-from pipeline.evaluate.metrics import drop_query
 from pipeline.io import versioned
 from pipeline.io.embeddings import read_embeddings
 from pipeline.io.kinds import RETIRED_ID
+from pipeline.metrics import drop_query
 
 log = logging.getLogger(__name__)
 
@@ -163,47 +159,3 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
         })
     log.info("index/%s: %s over %d items, %s", out.version, ev.index, matrix.shape[0], quality)
     return IndexResult(out.version, False, versioned.read_manifest(run_dir, STAGE, out.version))
-
-
-@functools.lru_cache(maxsize=4)
-def _open(path: str) -> tuple[faiss.Index, np.ndarray, dict[str, int], np.ndarray | None]:
-    """A published index, its row ids, id -> row and the query shift; cached (versions never
-    change)."""
-    index = faiss.read_index(str(Path(path) / INDEX_FILE))
-    if isinstance(index, faiss.IndexIVF):
-        index.make_direct_map()  # lets reconstruct() find a row's vector
-    items = pq.read_table(Path(path) / ITEMS_TABLE)
-    ids = np.asarray(items.column("id").to_pylist(), dtype=object)
-    shift = json.loads((Path(path) / versioned.MANIFEST).read_text()).get("query_shift")
-    return (index, ids, {v: i for i, v in enumerate(ids)},
-            None if shift is None else np.asarray(shift, np.float32))
-
-
-def similar_items(run_dir: str | os.PathLike, ids, k: int = 10, version: str | None = None
-                  ) -> tuple[list[list[str]], np.ndarray]:
-    """The ``k`` items most similar to each of ``ids`` (source ids) in a published index.
-
-    Returns ``(similar ids, scores)``: one list of source ids per query and an
-    ``(len(ids), k)`` float32 array of inner products, best first; the query
-    itself is never among its results. Without ``version``, the index of the
-    current release (the newest index before the first release).
-    """
-    if k < 1:
-        raise PipelineError(f"k must be >= 1, got {k}")
-    path = versioned.resolve(run_dir, STAGE, version or versioned.served_version(run_dir, STAGE))
-    index, row_ids, row_of, shift = _open(str(path))
-    wanted = [str(i) for i in ids]
-    missing = [i for i in wanted if i not in row_of]
-    if missing:
-        raise PipelineError(f"{len(missing)} of {len(wanted)} ids are not items of index/{path.name}, "
-                            f"e.g. {missing[:5]}")
-    rows = np.asarray([row_of[i] for i in wanted], dtype=np.int64)
-    vectors = index.reconstruct_batch(rows) if len(rows) else np.zeros((0, index.d), np.float32)
-    if shift is not None:   # an item searches with its shifted vector (PinSage.query)
-        vectors = vectors + shift
-    k1 = min(k + 1, index.ntotal)
-    s, found = index.search(vectors, k1) if len(rows) else (np.zeros((0, k1)), np.zeros((0, k1), np.int64))
-    kept = drop_query(found, rows, k)
-    pos = np.argmax(found[:, None, :] == kept[:, :, None], axis=2)
-    scores = np.where(kept >= 0, np.take_along_axis(s, pos, axis=1), np.nan).astype(np.float32)
-    return [[row_ids[r] for r in row if r >= 0] for row in kept], scores

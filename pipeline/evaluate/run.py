@@ -13,12 +13,14 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import pipeline
+from pipeline import metrics as M
 from pipeline.errors import PipelineError
-from pipeline.evaluate import baselines, data as eval_data, metrics as M, report
+from pipeline.evaluate import baselines, data as eval_data, report
 from pipeline.evaluate import variants as variants_mod
 from pipeline.evaluate.index import publish_index
 from pipeline.io import versioned
 from pipeline.io.embeddings import read_embeddings
+from pipeline.model.layers import check_aggregator
 from pipeline.sampling import new_items
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,6 @@ class EvalResult:
 
 
 def _validate(ev) -> None:
-    from pipeline.model.layers import check_aggregator
     if not ev.ks or min(ev.ks) < 1:
         raise PipelineError(f"eval.ks must be positive integers, got {list(ev.ks)}")
     unknown = sorted(set(ev.baselines) - set(BASELINES))

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from pipeline.evaluate.embed import embed_items
 from pipeline.io import versioned
+from pipeline.train.trainer import run_train
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ def variant_dir(run_dir: str, name: str) -> Path:
 
 
 def _train(cfg, name: str, overrides: dict, inductive: bool = True) -> tuple[tuple[np.ndarray, np.ndarray | None], str]:
-    from pipeline.train.trainer import run_train
     sub = variant_dir(cfg.run_dir, name)
     variant = OmegaConf.merge(cfg, {"run_dir": str(sub), "train": {"resume": False}}, overrides)
     result = run_train(variant, inductive=inductive)

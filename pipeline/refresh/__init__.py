@@ -20,9 +20,18 @@ import numpy as np
 from omegaconf import OmegaConf
 from pyspark.sql import SparkSession
 
+from pipeline import metrics as M
 from pipeline.errors import PipelineError
+from pipeline.evaluate import data as eval_data
+from pipeline.evaluate.baselines import embedding_topk
+from pipeline.evaluate.index import publish_index
+from pipeline.infer import run_infer
+from pipeline.ingest import run_ingest
 from pipeline.io import versioned
+from pipeline.io.embeddings import read_embeddings
 from pipeline.refresh.lock import RunLock
+from pipeline.sampling import run_sample
+from pipeline.train.trainer import run_train
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +126,6 @@ def evaluate(cfg, embeddings_version: str) -> tuple[dict, str]:
     growing source: leave-last-out holds out each user's latest interactions,
     which that model never trained on.
     """
-    from pipeline.evaluate import data as eval_data
-    from pipeline.evaluate import metrics as M
-    from pipeline.evaluate.baselines import embedding_topk
-    from pipeline.evaluate.index import publish_index
-    from pipeline.io.embeddings import read_embeddings
     ev, seed = cfg.eval, int(cfg.seed)
     data = eval_data.load(cfg.run_dir, kind=ev.kind, max_queries=ev.max_queries, seed=seed)
     emb = read_embeddings(cfg.run_dir, embeddings_version)
@@ -141,10 +145,6 @@ def evaluate(cfg, embeddings_version: str) -> tuple[dict, str]:
 
 def run_refresh(spark: SparkSession, cfg) -> RefreshResult:
     """Bring the release up to date; raises :class:`Refused` when nothing is published."""
-    from pipeline.infer import run_infer
-    from pipeline.ingest import run_ingest
-    from pipeline.sampling import run_sample
-
     r, run_dir = cfg.refresh, cfg.run_dir
     if r.max_regression < 0:
         raise PipelineError(f"refresh.max_regression must be >= 0, got {r.max_regression}")
@@ -161,7 +161,7 @@ def run_refresh(spark: SparkSession, cfg) -> RefreshResult:
         OmegaConf.update(scfg, "keep_versions", 1_000_000)
         try:
             with versioned.clear_read_errors():
-                result = _run(spark, scfg, prev, run_ingest, run_sample, run_infer)
+                result = _run(spark, scfg, prev)
         except BaseException:
             _restore(run_dir, prev)
             raise
@@ -187,14 +187,13 @@ def run_refresh(spark: SparkSession, cfg) -> RefreshResult:
                          counts, lock.took_over)
 
 
-def _run(spark, cfg, prev, run_ingest, run_sample, run_infer):
+def _run(spark, cfg, prev):
     r = cfg.refresh
     graph = run_ingest(spark, cfg)
     neighbors_from = prev["versions"]["neighbors"] if prev is not None and r.incremental else None
     sample = run_sample(spark, cfg, neighbors_from=neighbors_from, training=bool(r.retrain))
     versions = {"graph": graph.version, **sample.versions}
     if r.retrain:
-        from pipeline.train.trainer import run_train
         versions["model"] = run_train(cfg).version
     else:
         versions["model"] = versioned.latest_version(cfg.run_dir, "model")

@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.train.features import FeatureStore
+from pipeline.data.features import FeatureStore
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from pipeline.io import versioned
 from pipeline.model import build_model
 from pipeline.model.loss import (in_batch_collisions, log_expected_count, max_margin_loss,
                                  sampled_softmax_loss)
+from pipeline.data.features import cached_feature_store
 from pipeline.sampling import new_items
 from pipeline.train import checkpoint, validation
-from pipeline.train.features import cached_feature_store
 from pipeline.train.loader import BatchLoader, Minibatch, list_batch_files
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,12 @@ import numpy as np
 import pyarrow.dataset as ds
 import torch
 
-from pipeline.evaluate.data import item_degree, read_holdout, read_live_items, read_train_edges
-from pipeline.evaluate.metrics import drop_query, summarize, target_ranks
+from pipeline.data.features import FeatureStore
+from pipeline.data.split import item_degree, read_holdout, read_live_items, read_train_edges
 from pipeline.io import versioned
 from pipeline.io.arrays import dense_neighbors
-from pipeline.train.features import FeatureStore
+from pipeline.metrics import drop_query, summarize, target_ranks
+from pipeline.model import max_margin_loss
 from pipeline.train.loader import BatchLoader, list_batch_files
 
 QUERY_CHUNK = 1024
@@ -106,7 +107,6 @@ class Validator:
 
     @torch.no_grad()
     def evaluate(self, model) -> dict:
-        from pipeline.model import max_margin_loss
         z = model.full_graph_embed(self.node_ids, self.features, self.nbr, self.nbr_w).cpu()
         shift = None if model.query_shift is None else model.query_shift.detach().cpu()
         out = {f"val_hit_rate@{self.k}": hit_rate(z, self.queries, self.targets, self.k,
