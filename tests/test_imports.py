@@ -1,38 +1,25 @@
-"""Imports go one way, with the data flow: no cycle inside ``pipeline/``, hidden or not."""
+"""Imports go one way, with the data flow; a stage's code is part of its fingerprint."""
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+import shutil
 
 import networkx as nx
 
-PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
+from pipeline.io.code import PACKAGE, code_version, imported_modules, module_files
 
 
-def module_name(path: Path, root: Path) -> str:
-    parts = path.relative_to(root.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def import_graph(root: Path = PACKAGE) -> nx.DiGraph:
+def import_graph(root=PACKAGE) -> nx.DiGraph:
     """Module -> module it imports, counting imports inside functions too."""
-    files = {module_name(p, root): p for p in root.rglob("*.py")}
+    files = module_files(root)
     graph = nx.DiGraph()
     graph.add_nodes_from(files)
     for name, path in files.items():
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [f"{node.module}.{a.name}" for a in node.names]
-                targets = [t if t in files else node.module for t in targets]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            else:
-                continue
-            graph.add_edges_from((name, t) for t in targets if t in files and t != name)
+        graph.add_edges_from((name, t) for t in imported_modules(path.read_text(), files)
+                             if t != name)
     return graph
 
 
-def stage_graph(modules: nx.DiGraph) -> nx.DiGraph:
+def part_graph(modules: nx.DiGraph) -> nx.DiGraph:
     """The same edges between top-level parts (``pipeline.train``, ``pipeline.metrics`` …)."""
     def part(m: str) -> str:
         return ".".join(m.split(".")[:2])
@@ -46,7 +33,7 @@ def test_no_import_cycles():
     assert len(modules) > 40
     assert modules.has_edge("pipeline.train.validation", "pipeline.data.split")
     assert list(nx.simple_cycles(modules)) == []
-    cycles = list(nx.simple_cycles(stage_graph(modules)))
+    cycles = list(nx.simple_cycles(part_graph(modules)))
     assert cycles == [], f"parts of pipeline/ that import each other: {cycles}"
 
 
@@ -56,5 +43,30 @@ def test_the_check_sees_a_hidden_cycle(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "a" / "__init__.py").write_text("from pipeline.b import f\n")
     (pkg / "b.py").write_text("def f():\n    from pipeline.a import g\n")
-    modules = import_graph(pkg)
-    assert list(nx.simple_cycles(stage_graph(modules))) != []
+    assert list(nx.simple_cycles(part_graph(import_graph(pkg)))) != []
+
+
+STAGES = {"ingest": "pipeline.ingest", "sample": "pipeline.sampling",
+          "train": "pipeline.train.trainer", "infer": "pipeline.infer",
+          "index": "pipeline.evaluate.index", "eval": "pipeline.evaluate.run"}
+
+
+def _versions(root) -> dict[str, str]:
+    return {stage: code_version(module, str(root)) for stage, module in STAGES.items()}
+
+
+def test_editing_a_module_changes_the_code_of_the_stages_that_run_it(tmp_path):
+    root = tmp_path / "pipeline"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    assert _versions(root) == _versions(PACKAGE)            # content, not location
+    changed = {}
+    for module in ("sampling/walks.py", "evaluate/report.py", "model/pinsage.py"):
+        before = _versions(root)
+        with open(root / module, "a") as f:
+            f.write("\n# edited\n")
+        code_version.cache_clear()
+        after = _versions(root)
+        changed[module] = {s for s in STAGES if before[s] != after[s]}
+    assert changed["sampling/walks.py"] == {"sample", "eval"}     # eval's random_walk baseline
+    assert changed["evaluate/report.py"] == {"eval"}
+    assert changed["model/pinsage.py"] == {"train", "infer", "eval"}

@@ -203,3 +203,15 @@ def test_placeholders_are_never_negatives_and_hard_candidates_travel_only_when_u
     assert {"split", "neighbors", "pairs"} <= set(second.reused)
     assert second.counts["batches"]["hard_candidates"] == hard.sample.num_hard
     assert any(len(h) for row in _rows(hard.run_dir) for h in row["hard"])
+
+
+def test_reporting_settings_reuse_the_model_and_training_settings_do_not(spark, make_cfg,
+                                                                         tmp_path):
+    cfg = _small_run(spark, make_cfg, tmp_path, "reuse", "train.epochs=1")
+    first = run_train(cfg)
+    cfg.train.val_k, cfg.train.checkpoint_every = 5, 3
+    again = run_train(cfg)
+    assert again.reused and again.version == first.version
+    cfg.train.lr = cfg.train.lr / 2
+    retrained = run_train(cfg)
+    assert not retrained.reused and retrained.version != first.version

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import pipeline
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
+from pipeline.io.code import code_version
 from pipeline.io.embeddings import read_embeddings
 from pipeline.io.kinds import RETIRED_ID
 from pipeline.metrics import drop_query
@@ -118,7 +118,7 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
               "ef_search": ev.index_ef_search, "nlist": ev.index_nlist, "nprobe": ev.index_nprobe,
               "ks": list(ev.ks), "seed": seed}
     inputs = {"embeddings": embeddings_version}
-    fp = versioned.fingerprint({"code": pipeline.__version__, "stage": STAGE, "inputs": inputs,
+    fp = versioned.fingerprint({"code": code_version(__name__), "stage": STAGE, "inputs": inputs,
                                 "params": params})
     found = versioned.find_matching(run_dir, STAGE, fp)
     if found and not force:

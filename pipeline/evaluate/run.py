@@ -12,13 +12,13 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-import pipeline
 from pipeline import metrics as M
 from pipeline.errors import PipelineError
 from pipeline.evaluate import baselines, data as eval_data, report
 from pipeline.evaluate import variants as variants_mod
 from pipeline.evaluate.index import publish_index
 from pipeline.io import versioned
+from pipeline.io.code import code_version
 from pipeline.io.embeddings import read_embeddings
 from pipeline.model.layers import check_aggregator
 from pipeline.sampling import new_items
@@ -183,7 +183,7 @@ def run_evaluate(cfg) -> EvalResult:
     if ev.compare_aggregators or new_items.is_inductive(run_dir, data.split_version):
         params["variants"] = {"model": OmegaConf.to_container(cfg.model, resolve=True),
                               "train": OmegaConf.to_container(cfg.train, resolve=True)}
-    fp = versioned.fingerprint({"code": pipeline.__version__, "stage": STAGE, "inputs": inputs,
+    fp = versioned.fingerprint({"code": code_version(__name__), "stage": STAGE, "inputs": inputs,
                                 "params": params})
     found = versioned.find_matching(run_dir, STAGE, fp)
     if found and not cfg.force:

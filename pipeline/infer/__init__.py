@@ -42,10 +42,10 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-import pipeline
 from pipeline.errors import PipelineError
 from pipeline.infer import incremental, kernels
 from pipeline.io import schemas, versioned
+from pipeline.io.code import code_version
 from pipeline.io.embeddings import STAGE, TABLE
 from pipeline.model import spec_value
 from pipeline.train.trainer import STAGE as MODEL_STAGE
@@ -244,7 +244,7 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
     _validate(cfg)
     i, run_dir = cfg.infer, cfg.run_dir
     inputs = versioned.latest_inputs(run_dir, (MODEL_STAGE, "neighbors", "graph"), "inference")
-    params = {"message_dtype": i.message_dtype, "code": pipeline.__version__}
+    params = {"message_dtype": i.message_dtype, "code": code_version(__name__)}
     fp = versioned.fingerprint({"stage": STAGE, "inputs": inputs, "params": params})
     found = versioned.find_matching(run_dir, STAGE, fp)
     if found and not cfg.force:

@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-import pipeline
 from pipeline.ingest import graph, sources, validate
 from pipeline.io import schemas, versioned
+from pipeline.io.code import code_version
 from pipeline.io.kinds import RETIRED_ID
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def _stage_config(cfg) -> dict:
 
 def _fingerprint(cfg, files: list[str]) -> str:
     return versioned.fingerprint({
-        "code": pipeline.__version__,
+        "code": code_version(__name__),
         **_stage_config(cfg),
         "files": [versioned.file_identity(f) for f in files],
     })

@@ -27,11 +27,11 @@ from omegaconf import OmegaConf
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-import pipeline
 from pipeline.errors import PipelineError
 from pipeline.ingest import read_graph
 from pipeline.io import schemas, versioned
 from pipeline.io.arrays import dense_neighbors
+from pipeline.io.code import code_version
 from pipeline.sampling import batches as batching
 from pipeline.sampling import incremental, join_mode, memory_mode, new_items, pairs as pairing, split as splitting
 from pipeline.sampling import ppr
@@ -99,7 +99,7 @@ class Stages:
         self.result = result or SampleResult()
 
     def fingerprint(self, stage: str, inputs: dict[str, str], params: dict) -> str:
-        return versioned.fingerprint({"code": pipeline.__version__, "stage": stage,
+        return versioned.fingerprint({"code": code_version(__name__), "stage": stage,
                                       "inputs": inputs, "params": params})
 
     def reuse(self, stage: str, fp: str) -> bool:

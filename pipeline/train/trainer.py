@@ -23,9 +23,9 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-import pipeline
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
+from pipeline.io.code import code_version
 from pipeline.model import build_model
 from pipeline.model.loss import (in_batch_collisions, log_expected_count, max_margin_loss,
                                  sampled_softmax_loss)
@@ -236,6 +236,10 @@ class LogitScale(torch.nn.Module):
             grad /= world
 
 
+# Settings that change how a run goes or what it reports, never the model it publishes.
+NOT_IN_FINGERPRINT = ("resume", "prefetch", "num_workers", "device", "val_k", "checkpoint_every")
+
+
 def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = True) -> TrainResult:
     """Train on the latest minibatches; publish the ``model`` stage (rank 0).
 
@@ -255,9 +259,9 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
     inputs = versioned.latest_inputs(src, ("graph", "split", "neighbors", "batches"), "training")
     params = {"model": OmegaConf.to_container(m, resolve=True),
               "train": {k: v for k, v in OmegaConf.to_container(t, resolve=True).items()
-                        if k not in ("resume", "prefetch", "num_workers", "device")},
+                        if k not in NOT_IN_FINGERPRINT},
               "seed": int(cfg.seed), "world_size": ddp.world}
-    fp = versioned.fingerprint({"code": pipeline.__version__, "inputs": inputs, "params": params})
+    fp = versioned.fingerprint({"code": code_version(__name__), "inputs": inputs, "params": params})
     existing = versioned.find_matching(run_dir, STAGE, fp)
     if existing and not cfg.force and stop_after_epoch is None:
         log.info("model/%s already trained from these inputs and config; reusing it", existing)
