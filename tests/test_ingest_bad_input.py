@@ -213,3 +213,12 @@ def test_one_percent_bad_rows_at_scale(spark, make_cfg, tmp_path, mode):
     assert q.count() == 200
     assert dict(q.groupBy("reason").count().collect()) == {
         "malformed line (wrong number of fields)": 66, "missing id": 67, "not numeric": 67}
+
+
+def test_a_graph_with_one_item_stops_with_its_counts(spark, make_cfg, tmp_path):
+    msg, path = expect_error(spark, make_cfg, tmp_path, "src,dst\nu1,i1\nu2,i1\nu3,\n",
+                             "ingest.on_bad_rows=quarantine")
+    assert msg == (f"ingest: {path} gives 1 item(s) (3 edge rows in, 1 quarantined); a graph "
+                   f"needs at least 2 items to embed: check data.path, data.src_col and "
+                   f"data.dst_col")
+    assert versioned.latest_version(str(tmp_path / "run"), "graph") is None

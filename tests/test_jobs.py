@@ -1,10 +1,15 @@
 """The entry scripts as a user runs them: python, spark-submit, bad input."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from pipeline import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -42,3 +47,32 @@ def test_spark_submit_keeps_its_master_and_takes_overrides(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "master local[1]" in proc.stdout + proc.stderr  # not spark.master=local[2]
     assert "3 nodes" in proc.stdout and "3 edges" in proc.stdout
+
+
+def test_an_unexpected_error_is_one_line_exit_2_and_a_logged_traceback(tmp_path, capsys,
+                                                                         monkeypatch):
+    log_file = tmp_path / "job.log"
+    handler = logging.FileHandler(log_file)
+    logging.getLogger().addHandler(handler)
+    monkeypatch.setattr(sys, "argv", ["jobs/infer.py"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    @cli.job
+    def broken(cfg):
+        raise ValueError("model.pt: invalid load key, 'x'")
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            broken(None)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: infer: unexpected ValueError: model.pt: invalid load key, 'x' "
+                          f"(nothing was published; the traceback is in {log_file}")
+    logged = log_file.read_text()
+    assert "Traceback" in logged and "raise ValueError" in logged
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ValueError):
+        broken(None)

@@ -215,3 +215,21 @@ def test_reporting_settings_reuse_the_model_and_training_settings_do_not(spark, 
     cfg.train.lr = cfg.train.lr / 2
     retrained = run_train(cfg)
     assert not retrained.reused and retrained.version != first.version
+
+
+def test_no_positive_pairs_stops_before_training(spark, make_cfg, tmp_path):
+    """Every user engaged with one item: nothing co-occurs, so no model may be published."""
+    path = tmp_path / "g.csv"
+    pd.DataFrame([(f"u{u}", f"i{u % 10}", u) for u in range(40)],
+                 columns=["user", "item", "ts"]).to_csv(path, index=False)
+    cfg = make_cfg("data=edges", f"data.path={path}", "data.src_col=user", "data.dst_col=item",
+                   "data.time_col=ts", f"run_dir={tmp_path}/lonely", "sample.batch_size=8",
+                   "sample.easy_negatives=5", "train.easy_negatives=3")
+    run_ingest(spark, cfg)
+    sampled = run_sample(spark, cfg)
+    assert sampled.counts["pairs"]["pairs"] == 0
+    batches = sampled.versions["batches"]
+    with pytest.raises(PipelineError, match=rf"^train: batches/{batches} holds no training "
+                                            r"minibatches \(0 in all\): no positive pairs"):
+        run_train(cfg)
+    assert versioned.latest_version(cfg.run_dir, "model") is None

@@ -14,12 +14,15 @@ from omegaconf import OmegaConf
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from pipeline.errors import IngestError
 from pipeline.ingest import graph, sources, validate
 from pipeline.io import schemas, versioned
 from pipeline.io.code import code_version
-from pipeline.io.kinds import RETIRED_ID
+from pipeline.io.kinds import ITEM, RETIRED_ID
 
 log = logging.getLogger(__name__)
+
+MIN_ITEMS = 2    # fewer cannot form a single positive pair
 
 STAGE = "graph"
 
@@ -104,6 +107,12 @@ def _ingest(spark: SparkSession, cfg) -> IngestResult:
         counts["retired_nodes"] = {r["type"]: int(r["count"]) for r in
                                    written.where(F.col("id") == RETIRED_ID)
                                    .groupBy("type").count().collect()}
+        live = by_type.get(ITEM, 0) - counts["retired_nodes"].get(ITEM, 0)
+        if live < MIN_ITEMS:
+            raise IngestError(
+                f"ingest: {raw.path} gives {live} item(s) ({rows_in} edge rows in, "
+                f"{counts['edge_rows_quarantined']} quarantined); a graph needs at least "
+                f"{MIN_ITEMS} items to embed: check data.path, data.src_col and data.dst_col")
         out.manifest.update({
             "counts": counts,
             "problems": edge_problems + (feat_problems if raw.features is not None else []),

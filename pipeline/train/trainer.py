@@ -295,6 +295,12 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
                          pin_memory=device.type == "cuda", seed=int(cfg.seed),
                          easy_negatives=t.easy_negatives, hard_negatives=0)
     steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise PipelineError(
+            f"train: batches/{inputs['batches']} holds no training minibatches"
+            f"{f' for rank {ddp.rank}' if ddp.world > 1 else ''} ({stored.get('train_batches', 0)} in "
+            f"all): no positive pairs to learn from, so no model is published; check that the "
+            f"graph's items share users or links after the split (jobs/sample.py's pairs counts)")
     if ddp.world > 1:
         # Every rank must take the same number of steps or DDP's all-reduce hangs.
         n = torch.tensor([steps_per_epoch])
