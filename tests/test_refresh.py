@@ -1,7 +1,6 @@
 """The scheduled refresh: incremental neighbourhoods, release, gate, rollback, lock, faults."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -161,42 +160,86 @@ def test_refresh_release_gate_rollback_and_pruning(spark, make_cfg, tmp_path, mo
         rollback(cfg.run_dir)
 
 
-def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
+HOLD = """
+import os, sys, time
+from pipeline.refresh.lock import RunLock
+with RunLock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
 
 
-def test_lock_refuses_a_live_refresh_and_takes_over_a_stale_one(tmp_path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+def _holder(run_dir) -> subprocess.Popen:
+    """A process that takes the lock and keeps it until killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_lock_refuses_a_live_holder_and_is_free_once_it_is_killed(tmp_path):
+    holder = _holder(tmp_path)
     try:
-        path = tmp_path / run_lock.LOCK
-        live = {"host": os.uname().nodename, "pid": sleeper.pid,
-                "start": run_lock._start_time(sleeper.pid), "since": "now"}
-        path.write_text(json.dumps(live))
-        with pytest.raises(run_lock.LockHeld, match=f"pid {sleeper.pid}"):
-            with run_lock.RunLock(tmp_path):
-                pass
-        # Same pid, different start time: the pid was reused, the lock is stale.
-        path.write_text(json.dumps({**live, "start": "1"}))
-        with run_lock.RunLock(tmp_path) as held:
-            assert held.took_over["start"] == "1"
-            assert json.loads(path.read_text())["pid"] == os.getpid()
-            with pytest.raises(run_lock.LockHeld):
-                with run_lock.RunLock(tmp_path):
-                    pass
-        assert not path.exists()
-        path.write_text(json.dumps({**live, "pid": _dead_pid()}))
-        with run_lock.RunLock(tmp_path) as held:
-            assert held.took_over is not None
-        # A lock from another host is never judged from here.
-        path.write_text(json.dumps({**live, "host": "elsewhere", "pid": _dead_pid()}))
-        with pytest.raises(run_lock.LockHeld, match="host elsewhere"):
+        with pytest.raises(run_lock.LockHeld, match=rf"pid {holder.pid}, since "):
             with run_lock.RunLock(tmp_path):
                 pass
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
+    with run_lock.RunLock(tmp_path) as held:          # the kernel released the killed one's lock
+        assert held.took_over["pid"] == holder.pid
+        with pytest.raises(run_lock.LockHeld, match=f"pid {os.getpid()}"):
+            with run_lock.RunLock(tmp_path):
+                pass
+    with run_lock.RunLock(tmp_path) as held:          # a clean exit leaves no holder record
+        assert held.took_over is None
+
+
+RACE = """
+import os, random, signal, sys, time
+from pipeline.refresh.lock import LockHeld, RunLock
+run_dir, seed = sys.argv[1], int(sys.argv[2])
+rng, held = random.Random(seed), 0
+marker = os.path.join(run_dir, "holder")
+for _ in range(2000):
+    if held == 5:
+        break
+    try:
+        with RunLock(run_dir):
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    os.kill(int(open(marker).read() or 0), 0)
+                    print("TWO HOLDERS", flush=True)
+                except ProcessLookupError:       # left by a holder killed mid-hold
+                    pass
+                os.unlink(marker)
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            held += 1
+            print("acquired", flush=True)
+            if seed % 4 == 0 and held == 2:
+                os.kill(os.getpid(), signal.SIGKILL)   # die holding the lock
+            time.sleep(rng.random() * 0.005)
+            os.unlink(marker)
+    except LockHeld:
+        time.sleep(rng.random() * 0.002)
+"""
+
+
+def test_eight_racing_processes_never_hold_the_lock_together(tmp_path):
+    """Two of them are killed while holding it; the kernel frees it for the others."""
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(tmp_path), str(seed)],
+                              stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent) for seed in range(8)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert not any("TWO HOLDERS" in out for out in outs)
+    assert sorted(p.returncode for p in procs) == [-9, -9, 0, 0, 0, 0, 0, 0]
+    assert [out.count("acquired") for out in outs] == [2, 5, 5, 5, 2, 5, 5, 5]
+    with run_lock.RunLock(tmp_path):
+        pass
 
 
 def test_truncated_parquet_in_an_input_version_names_the_file(spark, make_cfg, tmp_path):
@@ -252,7 +295,8 @@ def test_sigkill_mid_stage_keeps_the_release_and_the_next_refresh_succeeds(spark
     assert proc.returncode == 0, out
     second = versioned.read_manifest(cfg.run_dir, "release")
     assert second["previous"] == first.version
-    assert not (tmp_path / "run" / run_lock.LOCK).exists()
+    with run_lock.RunLock(cfg.run_dir) as held:        # free, and the refresh left no holder
+        assert held.took_over is None
     for stage in second["versions"]:
         assert not [p for p in versioned.stage_dir(cfg.run_dir, stage).iterdir()
                     if p.name.startswith("_tmp-")], stage

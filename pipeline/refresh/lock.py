@@ -1,19 +1,22 @@
-"""One refresh per run directory at a time: an ``O_EXCL`` lock file that outlives a kill safely.
+"""One refresh per run directory at a time: a kernel lock (``flock``) on ``<run_dir>/_refresh.lock``.
 
-The lock records host, pid and the process's start time. A lock whose
-process is gone from this host (or whose pid now belongs to a process started
-later) is stale, left by a killed refresh, and is taken over: renamed aside
-atomically, checked to be the stale one just read, then the lock is created
-again with ``O_EXCL``, so two contenders can never both win. A lock held on
-another host is never judged stale from here.
+The kernel releases the lock when its holder exits, however it exits, so a
+killed refresh never leaves a lock behind and nothing has to judge
+staleness (no pids, no ``/proc``, no clocks). The file itself is never
+removed (removing a locked path would let a second process lock a new file
+of the same name). While held it names its holder (host, pid, since), for
+the error a contender prints; a clean exit empties it, so a holder record
+found on entry is one a killed refresh left (``took_over``). On network
+filesystems this relies on their lock support (NFSv4 maps ``flock`` to its
+byte-range locks).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import time
-import uuid
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -25,80 +28,50 @@ class LockHeld(PipelineError):
     """Another refresh of this run directory is running."""
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _me() -> dict:
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid),
-            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def _stale(info: dict) -> bool:
-    if info.get("host") != socket.gethostname():
-        return False
-    return _start_time(int(info["pid"])) != info.get("start")
-
-
 class RunLock:
     """Context manager holding ``<run_dir>/_refresh.lock``."""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.path = Path(run_dir) / LOCK
         self.took_over: dict | None = None
+        self._fd: int | None = None
 
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(5):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale()
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(_me(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            return self
-        raise LockHeld(f"could not take the refresh lock {self.path}")
-
-    def _take_over_if_stale(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            text = self.path.read_text()
-            info = json.loads(text)
-        except FileNotFoundError:
-            return
-        except json.JSONDecodeError:
-            # Created but not yet written by a starting refresh, or cut short by a kill.
-            if time.time() - self.path.stat().st_mtime < 10:
-                time.sleep(0.2)
-                return
-            info, text = {"host": socket.gethostname(), "pid": -1, "start": "unknown"}, self.path.read_text()
-        if not _stale(info):
-            raise LockHeld(f"another refresh of this run directory is running "
-                           f"(host {info.get('host')}, pid {info.get('pid')}, since {info.get('since')}); "
-                           f"lock {self.path}")
-        aside = self.path.with_name(f"{LOCK}.stale-{uuid.uuid4().hex[:8]}")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        if aside.read_text() != text:
-            # A contender replaced the stale lock with its own live one in between: give it back.
-            try:
-                os.link(aside, self.path)
-            except FileExistsError:
-                pass
-            aside.unlink()
-            raise LockHeld(f"another refresh took over the stale lock {self.path} first")
-        aside.unlink()
-        self.took_over = info
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read(fd)
+            os.close(fd)
+            raise LockHeld(f"another refresh of this run directory is running (host "
+                           f"{holder.get('host')}, pid {holder.get('pid')}, since "
+                           f"{holder.get('since')}); lock {self.path}") from None
+        self.took_over = _read(fd) or None
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _write(fd, json.dumps(me).encode())
+        self._fd = fd
+        return self
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        if self._fd is not None:
+            _write(self._fd, b"")
+            os.close(self._fd)            # releases the lock
+            self._fd = None
+
+
+def _read(fd: int) -> dict:
+    """The holder record in the lock file ({} when empty or cut short)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 4096)
+    try:
+        return json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        return {"unreadable": text.decode(errors="replace")}
+
+
+def _write(fd: int, data: bytes) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+    os.fsync(fd)
