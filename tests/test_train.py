@@ -18,6 +18,7 @@ from pipeline.errors import PipelineError
 from pipeline.ingest import run_ingest
 from pipeline.io import versioned
 from pipeline.sampling import run_sample
+from pipeline.train import checkpoint
 from pipeline.train.loader import Draw, assemble, list_batch_files, read_batches
 from pipeline.train.trainer import curriculum, load_model, run_train
 from pipeline.train.validation import Validator
@@ -233,3 +234,15 @@ def test_no_positive_pairs_stops_before_training(spark, make_cfg, tmp_path):
                                             r"minibatches \(0 in all\): no positive pairs"):
         run_train(cfg)
     assert versioned.latest_version(cfg.run_dir, "model") is None
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    for step in (7, 14):
+        checkpoint.save(tmp_path, step, {"step": step, "w": torch.full((3,), float(step))})
+    assert checkpoint.load_latest(tmp_path)["step"] == 14
+    newest = tmp_path / "ckpt-000000014.pt"
+    newest.write_bytes(newest.read_bytes()[:50])          # cut short, as a disk fault would
+    state = checkpoint.load_latest(tmp_path)
+    assert state["step"] == 7 and torch.equal(state["w"], torch.full((3,), 7.0))
+    (tmp_path / "ckpt-000000007.pt").write_bytes(b"")
+    assert checkpoint.load_latest(tmp_path) is None

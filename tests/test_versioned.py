@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -75,13 +76,47 @@ def test_sigkill_mid_write_leaves_previous_version_and_next_run_cleans(tmp_path)
 
 
 def test_debris_of_a_live_writer_is_left_alone(tmp_path):
+    """The writer is in the directory's name from the instant it exists, before any file."""
     (tmp_path / "stage").mkdir()
-    live = tmp_path / "stage" / "_tmp-v1-live"
-    live.mkdir()
-    import socket
-    (live / "_OWNER").write_text(f"{socket.gethostname()} {os.getpid()}\n")
-    assert versioned.clean_debris(tmp_path, "stage") == []
-    assert live.exists()
+    host = socket.gethostname()
+    live = tmp_path / "stage" / f"_tmp-v1-ab12{versioned.OWNER_SEP}{host}:{os.getpid()}"
+    dead = tmp_path / "stage" / f"_tmp-v2-cd34{versioned.OWNER_SEP}{host}:{_dead_pid()}"
+    elsewhere = tmp_path / "stage" / f"_tmp-v3-ef56{versioned.OWNER_SEP}other-host:1"
+    unnamed = tmp_path / "stage" / "_tmp-v4-0000"
+    for d in (live, dead, elsewhere, unnamed):
+        d.mkdir()
+    assert sorted(versioned.clean_debris(tmp_path, "stage")) == [dead.name, unnamed.name]
+    assert live.exists() and elsewhere.exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_sigkill_between_the_rename_and_the_pointer(tmp_path):
+    """The new version is complete on disk but unnamed by _LATEST: readers keep the old one."""
+    old = _publish(tmp_path, "old")
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pipeline.io import versioned
+        write = versioned._write_atomic
+        def kill_before_latest(path, text):
+            if path.name == versioned.LATEST:
+                os.kill(os.getpid(), signal.SIGKILL)
+            write(path, text)
+        versioned._write_atomic = kill_before_latest
+        with versioned.publish({str(tmp_path)!r}, "stage", "k" * 64) as out:
+            os.makedirs(out.table_path("t"))
+            open(os.path.join(out.table_path("t"), "part-0"), "w").write("orphan")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script])
+    assert proc.returncode == -signal.SIGKILL
+    assert len(versioned.list_versions(tmp_path, "stage")) == 2
+    assert versioned.latest_version(tmp_path, "stage") == old and _payload(tmp_path) == "old"
+    new = _publish(tmp_path, "new")
+    assert versioned.latest_version(tmp_path, "stage") == new and _payload(tmp_path) == "new"
 
 
 def test_prune_keeps_newest_versions(tmp_path):

@@ -4,10 +4,10 @@ Layout of a stage::
 
     <run_dir>/<stage>/_LATEST              # name of the newest complete version
     <run_dir>/<stage>/<version>/           # complete: manifest.json + _SUCCESS
-    <run_dir>/<stage>/_tmp-<version>-...   # being written (or debris of a kill)
+    <run_dir>/<stage>/_tmp-<version>-<random>@<host>:<pid>   # being written (or debris)
 
-A stage writes into a ``_tmp-`` directory, writes ``manifest.json`` and then
-``_SUCCESS``, renames the directory to its version name and only then
+A stage writes into a ``_tmp-`` directory, flushes its files to disk, writes
+``manifest.json`` and then ``_SUCCESS``, renames the directory to its version name and only then
 replaces ``_LATEST`` (write-then-rename, so the pointer is never half
 written). A job killed at any point leaves ``_LATEST`` on the previous
 version; the next publish of the stage removes the debris.
@@ -39,6 +39,7 @@ LATEST = "_LATEST"
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
 TMP_PREFIX = "_tmp-"
+OWNER_SEP = "@"      # _tmp-<version>-<random>@<host>:<pid>: the writer, from the first instant
 # The refresh's stage: each version's manifest names, under "versions", the
 # stage versions it serves, which pruning must never delete.
 RELEASE = "release"
@@ -247,6 +248,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under ``root`` to disk (before ``_SUCCESS`` claims them)."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "w") as f:
@@ -267,11 +280,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _owner(tmp: Path) -> tuple[str, int] | None:
+    """The writer (host, pid) a temporary directory's name records; None if it names none."""
+    _, sep, owner = tmp.name.rpartition(OWNER_SEP)
+    host, _, pid = owner.rpartition(":")
+    return (host, int(pid)) if sep and host and pid.isdigit() else None
+
+
 def clean_debris(run_dir: str | os.PathLike, stage: str) -> list[str]:
     """Remove temporary directories left by killed writers of this host.
 
-    A temporary directory records its writer's host and pid; it is removed only
-    when that process is gone, so a concurrent writer is never disturbed.
+    A temporary directory's name records its writer's host and pid (so the
+    owner is known from the instant it exists); it is removed only when that
+    process is gone, so a concurrent writer is never disturbed.
     """
     root = stage_dir(run_dir, stage)
     removed = []
@@ -280,12 +301,8 @@ def clean_debris(run_dir: str | os.PathLike, stage: str) -> list[str]:
     host = socket.gethostname()
     for p in root.iterdir():
         if p.name.startswith(TMP_PREFIX) and p.is_dir():
-            owner = p / "_OWNER"
-            try:
-                owner_host, owner_pid = owner.read_text().split()
-                alive = owner_host != host or _pid_alive(int(owner_pid))
-            except (FileNotFoundError, ValueError):
-                alive = False
+            owner = _owner(p)
+            alive = owner is not None and (owner[0] != host or _pid_alive(owner[1]))
             if not alive:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
@@ -362,9 +379,9 @@ def publish(run_dir: str | os.PathLike, stage: str, fp: str, *,
     root.mkdir(parents=True, exist_ok=True)
     clean_debris(run_dir, stage)
     version = _new_version_name(root, fp)
-    tmp = root / f"{TMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+    tmp = root / (f"{TMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+                  f"{OWNER_SEP}{socket.gethostname()}:{os.getpid()}")
     tmp.mkdir()
-    (tmp / "_OWNER").write_text(f"{socket.gethostname()} {os.getpid()}\n")
     staging = Staging(stage=stage, version=version, path=tmp)
     staging.manifest.update({
         "stage": stage,
@@ -376,7 +393,7 @@ def publish(run_dir: str | os.PathLike, stage: str, fp: str, *,
     })
     try:
         yield staging
-        (tmp / "_OWNER").unlink()
+        _fsync_tree(tmp)
         _write_atomic(tmp / MANIFEST, json.dumps(staging.manifest, indent=2, sort_keys=True, default=str))
         _write_atomic(tmp / SUCCESS, "")
         final = root / version
