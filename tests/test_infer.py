@@ -362,3 +362,26 @@ def test_incremental_refuses_another_model(spark, make_cfg):
 
 def first_model(run_dir: str) -> str:
     return versioned.list_versions(run_dir, "model")[0]
+
+
+def test_damaged_inputs_are_named_before_anything_reads_them(spark, make_cfg):
+    """A cut-short model.pt, neighbour table or embeddings file: one clear error, nothing published."""
+    cfg, *_ = setup(make_cfg, "mean")
+    model_pt = versioned.resolve(cfg.run_dir, "model") / "model.pt"
+    good = model_pt.read_bytes()
+    model_pt.write_bytes(good[:100])
+    with pytest.raises(versioned.CorruptFile, match=rf"^{model_pt} cannot be read as the model "
+                                                    r"its manifest describes .* retrain it"):
+        run_infer(spark, cfg)
+    model_pt.write_bytes(good)
+    result = run_infer(spark, cfg)
+    part = next((versioned.resolve(cfg.run_dir, "neighbors") / "neighbors").glob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:-8])
+    cfg.force = True
+    with pytest.raises(versioned.CorruptFile, match=r"^neighbors/.*: .* no Parquet footer"):
+        run_infer(spark, cfg)
+    assert versioned.list_versions(cfg.run_dir, "embeddings") == [result.version]
+    emb = next((versioned.resolve(cfg.run_dir, "embeddings") / "embeddings").glob("*.parquet"))
+    emb.write_bytes(emb.read_bytes()[:-8])
+    with pytest.raises(versioned.CorruptFile, match=rf"^embeddings/{result.version}: "):
+        read_embeddings(cfg.run_dir)

@@ -24,7 +24,7 @@ class Embeddings:
 
 def read_embeddings(run_dir: str | os.PathLike, version: str | None = None) -> Embeddings:
     """The embeddings of a published version (default: latest), sorted by node."""
-    path = versioned.resolve(run_dir, STAGE, version)
+    path = versioned.check_version(run_dir, STAGE, version)
     table = ds.dataset(str(path / TABLE), format="parquet").to_table(
         columns=["node", "id", "embedding"])
     order = np.argsort(table.column("node").to_numpy(), kind="stable")

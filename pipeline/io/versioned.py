@@ -89,14 +89,17 @@ PRODUCERS = {"graph": "jobs/ingest.py", "split": "jobs/sample.py", "neighbors": 
 
 
 def latest_inputs(run_dir: str | os.PathLike, stages: tuple[str, ...], purpose: str) -> dict[str, str]:
-    """The latest version of each stage a job reads, or an error naming the job to run first."""
+    """The latest version of each stage a job reads, or an error naming the job to run first.
+
+    Each version is checked before anything reads it (:func:`check_version`).
+    """
     out = {}
     for stage in stages:
         version = latest_version(run_dir, stage)
         if version is None:
             raise PipelineError(f"{purpose} needs the '{stage}' stage in {run_dir}; "
                                 f"run {PRODUCERS[stage]} first")
-        out[stage] = version
+        out[stage] = check_version(run_dir, stage, version).name
     return out
 
 

@@ -496,7 +496,11 @@ def load_model(run_dir: str, version: str | None = None, device: str = "cpu"):
     manifest = versioned.read_manifest(run_dir, STAGE, version)
     spec = manifest["model"]
     model = build_model(SimpleNamespace(**spec), spec["feature_dim"], spec["num_items"])
-    state = torch.load(versioned.resolve(run_dir, STAGE, version) / "model.pt",
-                       map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    path = versioned.resolve(run_dir, STAGE, version) / "model.pt"
+    try:
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    except Exception as e:        # truncated or overwritten: torch raises several kinds
+        raise versioned.CorruptFile(f"{path} cannot be read as the model its manifest describes "
+                                    f"({type(e).__name__}: {str(e)[:200]}); retrain it "
+                                    f"(jobs/train.py force=true)") from None
     return model.eval(), manifest
