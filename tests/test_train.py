@@ -144,6 +144,38 @@ def test_resume_after_an_interrupted_epoch_is_exact(spark, make_cfg, tmp_path):
     assert len(set(temps)) == len(temps) and all(0.01 <= x != 0.1 for x in temps)
 
 
+class Preempted(Exception):
+    """Stands in for the kill of a preempted job."""
+
+
+def test_resume_from_a_step_checkpoint_mid_epoch_is_exact(spark, make_cfg, tmp_path, monkeypatch):
+    straight = _small_run(spark, make_cfg, tmp_path, "straight", "train.epochs=2")
+    interrupted = _small_run(spark, make_cfg, tmp_path, "interrupted", "train.epochs=2")
+    full = run_train(straight)
+    per_epoch = full.history[0]["steps"]
+    assert per_epoch > 7 and per_epoch % 7                    # step 7 is inside epoch 1
+    save = checkpoint.save
+
+    def preempted_after_step_7(directory, step, state):
+        save(directory, step, state)
+        if step == 7:
+            raise Preempted
+    monkeypatch.setattr(checkpoint, "save", preempted_after_step_7)
+    with pytest.raises(Preempted):
+        run_train(interrupted)
+    monkeypatch.setattr(checkpoint, "save", save)
+    ckpt_dir = next((Path(interrupted.run_dir) / "_checkpoints").iterdir())
+    state = checkpoint.load_latest(ckpt_dir)
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 7, 7)
+    interrupted.train.resume = True
+    resumed = run_train(interrupted)
+    a, _ = load_model(straight.run_dir)
+    b, _ = load_model(interrupted.run_dir)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), name
+    assert [r["steps"] for r in resumed.history] == [r["steps"] for r in full.history]
+
+
 def test_two_process_gloo_run(spark, make_cfg, tmp_path):
     cfg = _small_run(spark, make_cfg, tmp_path, "ddp", "train.epochs=1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
