@@ -46,7 +46,10 @@ def difference_table(diffs: dict, names: list[str], base: str) -> str:
 
 
 def training_curves(tb_dir: Path | None, out: Path) -> str | None:
-    """Loss and validation curves from a TensorBoard run directory; None when there is none."""
+    """Plot loss and validation curves from a TensorBoard run directory into ``out``.
+
+    Returns None when the plot was written, else the reason it was not (a note for the report).
+    """
     if tb_dir is None or not tb_dir.is_dir():
         return "no TensorBoard logs for the evaluated model"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

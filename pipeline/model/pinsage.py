@@ -160,7 +160,8 @@ class PinSage(nn.Module):
         """Every node's embedding, each layer computed once for all N nodes.
 
         Each node's message is computed once and gathered into its T
-        neighbours' slots (what Spark inference does with a join).
+        neighbours' slots (what Spark inference does with its map, route and
+        reduce, :mod:`pipeline.infer`); the reference the inference tests compare to.
 
         ``nbr_table`` (N, T) holds row indices into ``node_ids`` (-1 = padding).
         With ``return_layers`` the list [input, after conv 0, ..., after conv

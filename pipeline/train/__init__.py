@@ -1,1 +1,1 @@
-"""Training: the minibatch loader, the feature store and (later) the training loop."""
+"""Training: the producer–consumer minibatch loader, the trainer, checkpoints and validation."""
