@@ -269,9 +269,8 @@ def run_evaluate(cfg) -> EvalResult:
         rep = out.path / "report"
         rep.mkdir()
         (rep / "metrics.md").write_text(table + "\n")
-        # The trainer logs under _tensorboard/<first 16 characters of the model's fingerprint>.
-        tb = (Path(run_dir) / "_tensorboard" / model_manifest["fingerprint"][:16]
-              if model_manifest else None)
+        tb = (Path(run_dir) / model_manifest["tensorboard"]
+              if model_manifest and "tensorboard" in model_manifest else None)
         note = report.training_curves(tb, rep / "training_curves.png")
         if note:
             notes["training_curves"] = note

@@ -442,6 +442,7 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
                 "counts": {"epochs": t.epochs, "steps": step, "parameters":
                            sum(p.numel() for p in model.parameters())},
                 "history": history,
+                "tensorboard": tensorboard_dir(fp),
                 "bias_scale": bias,
                 "model": {"feature_dim": store.dim, "num_items": store.num_items,
                           "num_neighbors": T, **params["model"]},
@@ -476,9 +477,15 @@ def _choose_bias_scale(model, val, scales) -> dict | None:
     return {"chosen": float(chosen), "val_mrr": {str(s): m for s, m in by_scale.items()}}
 
 
+def tensorboard_dir(fp: str) -> str:
+    """Where a training run's TensorBoard events go, relative to the run directory
+    (recorded in the model's manifest as ``tensorboard``)."""
+    return str(Path("_tensorboard") / fp[:16])
+
+
 def _tensorboard(run_dir: str, fp: str):
     from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(Path(run_dir) / "_tensorboard" / fp[:16]))
+    return SummaryWriter(str(Path(run_dir) / tensorboard_dir(fp)))
 
 
 def _log_epoch(writer, record: dict, step: int, k: int) -> None:
