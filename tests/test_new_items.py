@@ -115,6 +115,10 @@ def test_new_items_evaluation_scores_new_targets_with_the_retrained_bound(spark,
     bound = m["methods"]["pinsage_retrained"]["hit_rate@5"]
     assert m["inductive_ratio"] == (pytest.approx(hit / bound) if bound else None)
     assert m["new_items"] == len(new)
+    # The model's manifest names its TensorBoard run, which the report plots.
+    assert "training_curves" not in m["notes"]
+    assert (versioned.resolve(cfg.run_dir, "eval", result.version) / "report" /
+            "training_curves.png").stat().st_size > 0
     # The retrained model is a real model on the run's own minibatches, beside the run.
     retrained = versioned.read_manifest(str(Path(cfg.run_dir) / "_compare" / "retrained"), "model",
                                         m["versions"]["model_retrained"])
