@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pyspark.sql import SparkSession
 
@@ -33,6 +34,7 @@ def job(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
     """
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig) -> None:
+        _console_verbosity()
         try:
             fn(cfg)
         except PipelineError as e:
@@ -49,6 +51,15 @@ def job(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
                   file=sys.stderr)
             sys.exit(2)
     return wrapper
+
+
+def _console_verbosity() -> None:
+    """``hydra.verbose`` brings the log lines the console leaves out (conf/config.yaml) back."""
+    if not HydraConfig.initialized() or not HydraConfig.get().verbose:
+        return
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.NOTSET)
 
 
 def _log_to_files(msg: str, exc_info) -> list[str]:

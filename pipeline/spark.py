@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Mapping
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 log = logging.getLogger(__name__)
+
+# Spark's own logging, errors only: its start-up notices stay off the console.
+LOG4J2 = Path(__file__).resolve().parent / "log4j2.properties"
 
 
 def under_spark_submit() -> bool:
@@ -42,6 +46,7 @@ def local_defaults() -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.adaptive.enabled": "true",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG4J2.as_uri()}",
     }
 
 
@@ -75,7 +80,8 @@ def build_spark(master: str = "local[*]", conf: Mapping[str, Any] | None = None,
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    if under_spark_submit():
+        spark.sparkContext.setLogLevel("WARN")
     log.info("Spark %s, master %s, %d default partitions", spark.version,
              spark.sparkContext.master, spark.sparkContext.defaultParallelism)
     return spark

@@ -28,6 +28,18 @@ def test_python_job_with_overrides(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "4 nodes {'item': 2, 'user': 2}, 3 edges" in proc.stdout
     assert (tmp_path / "run" / "graph" / "_LATEST").exists()
+    # The console shows the summary; log lines and Spark's start-up notices go elsewhere.
+    assert "[INFO]" not in proc.stdout + proc.stderr and "log4j" not in proc.stderr
+    assert "published graph/" in _log(tmp_path / "run", "ingest")
+    verbose = run([sys.executable, "jobs/ingest.py", "data=edges", f"data.path={tmp_path}/e.csv",
+                   "data.src_col=board", "data.dst_col=pin", f"run_dir={tmp_path}/run",
+                   "hydra.verbose=true"])
+    assert "[INFO] - graph/" in verbose.stdout                   # reused, and says so
+
+
+def _log(run_dir: Path, job: str) -> str:
+    """The newest log file of a job in a run directory."""
+    return sorted((run_dir / "_logs" / job).glob(f"*/{job}.log"))[-1].read_text()
 
 
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
@@ -45,7 +57,7 @@ def test_spark_submit_keeps_its_master_and_takes_overrides(tmp_path):
                 "data.bipartite=false", f"run_dir={tmp_path}/run",
                 "spark.master='local[2]'", "++spark.conf.spark.sql.shuffle.partitions=3"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "master local[1]" in proc.stdout + proc.stderr  # not spark.master=local[2]
+    assert "master local[1]" in _log(tmp_path / "run", "ingest")  # not spark.master=local[2]
     assert "3 nodes" in proc.stdout and "3 edges" in proc.stdout
 
 
