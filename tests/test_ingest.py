@@ -143,10 +143,10 @@ def test_rerun_is_idempotent_and_force_makes_new_version(spark, make_cfg, tmp_pa
 
 
 def test_failure_mid_write_keeps_previous_graph(spark, make_cfg, tmp_path, monkeypatch):
-    path = write_csv(tmp_path / "e.csv", "src,dst\nu,a\n")
+    path = write_csv(tmp_path / "e.csv", "src,dst\nu,a\nv,b\n")
     cfg = edges_cfg(make_cfg, path)
     old = run_ingest(spark, cfg)
-    write_csv(tmp_path / "e.csv", "src,dst\nu,a\nu,b\n")
+    write_csv(tmp_path / "e.csv", "src,dst\nu,a\nv,b\nu,b\n")
     from pyspark.sql import DataFrameWriter
     real = DataFrameWriter.parquet
 
@@ -159,13 +159,13 @@ def test_failure_mid_write_keeps_previous_graph(spark, make_cfg, tmp_path, monke
     with pytest.raises(OSError, match="injected failure"):
         run_ingest(spark, cfg)
     assert versioned.latest_version(cfg.run_dir, "graph") == old.version
-    assert read_graph(spark, cfg.run_dir)[1].count() == 1
+    assert read_graph(spark, cfg.run_dir)[1].count() == 2
     assert not [p for p in (versioned.stage_dir(cfg.run_dir, "graph")).iterdir()
                 if p.name.startswith("_tmp-")]
 
 
 def test_manifest_is_json_with_counts_and_inputs(spark, make_cfg, tmp_path):
-    path = write_csv(tmp_path / "e.csv", "src,dst\nu,a\n")
+    path = write_csv(tmp_path / "e.csv", "src,dst\nu,a\nu,b\n")
     cfg = edges_cfg(make_cfg, path)
     result = run_ingest(spark, cfg)
     manifest = json.loads((versioned.resolve(cfg.run_dir, "graph") / "manifest.json").read_text())

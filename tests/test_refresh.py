@@ -160,9 +160,16 @@ def test_refresh_release_gate_rollback_and_pruning(spark, make_cfg, tmp_path, mo
         rollback(cfg.run_dir)
 
 
-HOLD = """
+# The lock module alone (pipeline.refresh would load Spark and torch into every process).
+LOAD_LOCK = """
+import importlib.util
+spec = importlib.util.spec_from_file_location("lock", "pipeline/refresh/lock.py")
+lock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lock)
+RunLock, LockHeld = lock.RunLock, lock.LockHeld
+"""
+HOLD = LOAD_LOCK + """
 import os, sys, time
-from pipeline.refresh.lock import RunLock
 with RunLock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)
@@ -195,9 +202,8 @@ def test_lock_refuses_a_live_holder_and_is_free_once_it_is_killed(tmp_path):
         assert held.took_over is None
 
 
-RACE = """
+RACE = LOAD_LOCK + """
 import os, random, signal, sys, time
-from pipeline.refresh.lock import LockHeld, RunLock
 run_dir, seed = sys.argv[1], int(sys.argv[2])
 rng, held = random.Random(seed), 0
 marker = os.path.join(run_dir, "holder")

@@ -79,9 +79,9 @@ def test_debris_of_a_live_writer_is_left_alone(tmp_path):
     """The writer is in the directory's name from the instant it exists, before any file."""
     (tmp_path / "stage").mkdir()
     host = socket.gethostname()
-    live = tmp_path / "stage" / f"_tmp-v1-ab12{versioned.OWNER_SEP}{host}:{os.getpid()}"
-    dead = tmp_path / "stage" / f"_tmp-v2-cd34{versioned.OWNER_SEP}{host}:{_dead_pid()}"
-    elsewhere = tmp_path / "stage" / f"_tmp-v3-ef56{versioned.OWNER_SEP}other-host:1"
+    live = tmp_path / "stage" / f"_tmp-v1-ab12{versioned.OWNER_SEP}{host}+{os.getpid()}"
+    dead = tmp_path / "stage" / f"_tmp-v2-cd34{versioned.OWNER_SEP}{host}+{_dead_pid()}"
+    elsewhere = tmp_path / "stage" / f"_tmp-v3-ef56{versioned.OWNER_SEP}other-host+1"
     unnamed = tmp_path / "stage" / "_tmp-v4-0000"
     for d in (live, dead, elsewhere, unnamed):
         d.mkdir()

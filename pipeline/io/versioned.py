@@ -4,7 +4,7 @@ Layout of a stage::
 
     <run_dir>/<stage>/_LATEST              # name of the newest complete version
     <run_dir>/<stage>/<version>/           # complete: manifest.json + _SUCCESS
-    <run_dir>/<stage>/_tmp-<version>-<random>@<host>:<pid>   # being written (or debris)
+    <run_dir>/<stage>/_tmp-<version>-<random>@<host>+<pid>   # being written (or debris)
 
 A stage writes into a ``_tmp-`` directory, flushes its files to disk, writes
 ``manifest.json`` and then ``_SUCCESS``, renames the directory to its version name and only then
@@ -39,7 +39,8 @@ LATEST = "_LATEST"
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
 TMP_PREFIX = "_tmp-"
-OWNER_SEP = "@"      # _tmp-<version>-<random>@<host>:<pid>: the writer, from the first instant
+OWNER_SEP = "@"      # _tmp-<version>-<random>@<host>+<pid>: the writer, from the first instant
+# (no ":" in names: HDFS and Hadoop paths refuse it)
 # The refresh's stage: each version's manifest names, under "versions", the
 # stage versions it serves, which pruning must never delete.
 RELEASE = "release"
@@ -286,7 +287,7 @@ def _pid_alive(pid: int) -> bool:
 def _owner(tmp: Path) -> tuple[str, int] | None:
     """The writer (host, pid) a temporary directory's name records; None if it names none."""
     _, sep, owner = tmp.name.rpartition(OWNER_SEP)
-    host, _, pid = owner.rpartition(":")
+    host, _, pid = owner.rpartition("+")
     return (host, int(pid)) if sep and host and pid.isdigit() else None
 
 
@@ -383,7 +384,7 @@ def publish(run_dir: str | os.PathLike, stage: str, fp: str, *,
     clean_debris(run_dir, stage)
     version = _new_version_name(root, fp)
     tmp = root / (f"{TMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
-                  f"{OWNER_SEP}{socket.gethostname()}:{os.getpid()}")
+                  f"{OWNER_SEP}{socket.gethostname()}+{os.getpid()}")
     tmp.mkdir()
     staging = Staging(stage=stage, version=version, path=tmp)
     staging.manifest.update({
