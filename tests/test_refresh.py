@@ -215,10 +215,13 @@ for _ in range(2000):
             try:
                 fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
+                # Left by a holder killed mid-hold, which is gone or a zombie (its
+                # parent reaps it later); anything else is a second holder.
                 try:
-                    os.kill(int(open(marker).read() or 0), 0)
-                    print("TWO HOLDERS", flush=True)
-                except ProcessLookupError:       # left by a holder killed mid-hold
+                    stat = open("/proc/%s/stat" % open(marker).read()).read()
+                    if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                        print("TWO HOLDERS", flush=True)
+                except FileNotFoundError:
                     pass
                 os.unlink(marker)
                 fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
