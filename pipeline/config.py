@@ -40,6 +40,10 @@ class DataConfig:
     bipartite: bool = True
     features_path: Optional[str] = None
     features_id_col: str = "id"
+    # Readable item names for the report's examples (CSV or Parquet); ids otherwise.
+    names_path: Optional[str] = None
+    names_id_col: str = "id"
+    names_col: str = "name"
 
 
 @dataclass
@@ -152,6 +156,7 @@ class EvalConfig:
     index_nlist: int = 0             # ivf: cells; 0 = about 4 sqrt(items)
     index_nprobe: int = 16           # ivf: cells searched per query
     map_items: int = 3000            # items drawn for the t-SNE map
+    examples: int = 8                # held-out queries shown with their top-10 in report.html
 
 
 @dataclass

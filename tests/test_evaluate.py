@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +277,37 @@ def test_metrics_json_structure_and_report(small_run, capsys):
     assert "| pinsage |" in out and "recall@10" in out
     again = run_evaluate(cfg)
     assert again.reused and again.version == result.version
+    assert out.rstrip().endswith(f"report: {path / 'report' / 'report.html'}")
+
+
+def test_report_html_shows_examples_by_name(small_run, tmp_path):
+    """Each example lists exactly PinSage's top 10 (brute force) by readable name, target marked."""
+    cfg, emb_version, ids = small_run
+    names = tmp_path / "names.csv"
+    names.write_text("item,title\n" + "".join(f"{i},film {i}\n" for i in ids))
+    cfg = OmegaConf.merge(cfg, {"data": {"names_path": str(names), "names_id_col": "item",
+                                         "names_col": "title"}})
+    result = run_evaluate(cfg)
+    page = Path(result.report).read_text()
+    assert page.count("data:image/png;base64,") == 2          # no training curves: no model
+    assert page.count("<tr><th>") == 1 + len(result.metrics["methods"])
+    best = result.metrics["vs_best_baseline"]["baseline"]
+    matrix = read_embeddings(cfg.run_dir, emb_version).matrix
+    found = re.findall(r"query: <b>film (\S+)</b> &mdash; held-out target: film (\S+)</caption>"
+                       r"<tr><td><b>pinsage</b><ol>(.*?)</ol></td><td><b>(\S+)</b>", page)
+    assert len(found) == cfg.eval.examples and {f[3] for f in found} == {best}
+    for query, target, listed, _ in found:
+        q = ids.index(query)
+        scores = matrix @ matrix[q]
+        scores[q] = -np.inf
+        top = [ids[j] for j in np.argsort(-scores, kind="stable")[:10]]
+        shown = re.findall(r"<li class='(hit)?'>(?:&#9733; )?film (\S+)</li>", listed)
+        assert [item for _, item in shown] == top
+        assert [item for hit, item in shown if hit] == [t for t in top if t == target]
+    bad = OmegaConf.merge(cfg, {"data": {"names_col": "nope"}})
+    with pytest.raises(PipelineError, match=rf"^{names}: column 'nope' \(data.names_col\) not "
+                                            r"found; the file has columns: item, title"):
+        run_evaluate(bad)
 
 
 def test_index_stage_and_similar_items(small_run):

@@ -1,4 +1,4 @@
-"""The human side of an evaluation: a Markdown table and PNG plots.
+"""The human side of an evaluation: a Markdown table, PNG plots and a self-contained HTML page.
 
 Plots (matplotlib, Agg backend, so no display is needed): training curves read
 back from the run's TensorBoard logs, hit-rate@K curves per method, and a 2-D
@@ -6,6 +6,8 @@ t-SNE map of the item embeddings coloured by a categorical input feature.
 """
 from __future__ import annotations
 
+import base64
+import html
 import logging
 from pathlib import Path
 
@@ -175,3 +177,61 @@ def embedding_map(matrix: np.ndarray, labels: np.ndarray, what: str, out: Path, 
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+PLOTS = {"training_curves.png": "Training curves", "hit_rate_at_k.png": "Hit-rate@K",
+         "embedding_map.png": "Item embeddings (t-SNE)"}
+
+
+def html_report(metrics: dict, examples: list[dict], rep: Path) -> Path:
+    """``rep/report.html``: one self-contained page (plots embedded) a person can open.
+
+    The metrics table with CIs, the paired comparison with the best baseline,
+    the plots present in ``rep``, and ``examples``: held-out queries with the
+    top items of PinSage and of the best baseline, the held-out target marked.
+    """
+    e = html.escape
+    ks = [f"hit_rate@{k}" for k in metrics["ks"]] + ["mrr"]
+    rows = "".join(
+        f"<tr><th>{e(name)}</th>" + "".join(
+            f"<td>{m[k]:.4f} <small>[{m['ci95'][k][0]:.4f}, {m['ci95'][k][1]:.4f}]</small></td>"
+            for k in ks) + "</tr>"
+        for name, m in metrics["methods"].items())
+    parts = [f"<h1>{e(metrics['dataset'])}: {e(metrics['protocol'])}, "
+             f"{metrics['num_queries']:,} {e(metrics['split'])} queries over "
+             f"{metrics['num_items']:,} items</h1>",
+             f"<table id='metrics'><tr><th>method</th>{''.join(f'<th>{e(k)}</th>' for k in ks)}"
+             f"</tr>{rows}</table>"]
+    vs = metrics.get("vs_best_baseline")
+    if vs:
+        d, ci = vs["difference"], vs["ci95"]
+        parts.append(f"<p id='paired'>pinsage &minus; {e(vs['baseline'])} (best baseline, paired, "
+                     f"95% CI): " + ", ".join(f"{e(k)} {d[k]:+.4f} [{ci[k][0]:+.4f}, "
+                                              f"{ci[k][1]:+.4f}]" for k in ks) + "</p>")
+    for note, text in metrics.get("notes", {}).items():
+        parts.append(f"<p class='note'>note: {e(note)}: {e(text)}</p>")
+    for file, title in PLOTS.items():
+        if (rep / file).exists():
+            data = base64.b64encode((rep / file).read_bytes()).decode()
+            parts.append(f"<figure><img alt='{e(title)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{e(title)}</figcaption></figure>")
+    if examples:
+        parts.append("<h2>Examples: held-out queries and the items each method returns</h2>"
+                     "<p>The held-out target is marked &#9733; where it appears.</p>")
+    for ex in examples:
+        cols = "".join(
+            f"<td><b>{e(method)}</b><ol>" + "".join(
+                f"<li class='{'hit' if hit else ''}'>{'&#9733; ' if hit else ''}{e(name)}</li>"
+                for name, hit in items) + "</ol></td>"
+            for method, items in ex["methods"].items())
+        parts.append(f"<table class='example'><caption>query: <b>{e(ex['query'])}</b> &mdash; "
+                     f"held-out target: {e(ex['target'])}</caption><tr>{cols}</tr></table>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+             "padding:4px 8px;vertical-align:top}img{max-width:100%}.hit{font-weight:bold;"
+             "color:#060}.note{color:#666}")
+    out = rep / "report.html"
+    out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>"
+                   f"{e(metrics['dataset'])} evaluation</title><style>{style}</style></head>"
+                   f"<body>{''.join(parts)}</body></html>\n")
+    return out

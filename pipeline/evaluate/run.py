@@ -19,6 +19,8 @@ from pipeline.evaluate import variants as variants_mod
 from pipeline.evaluate.index import publish_index
 from pipeline.io import versioned
 from pipeline.io.code import code_version
+from pipeline.ingest import REPORT_ONLY
+from pipeline.ingest.sources import item_names
 from pipeline.io.embeddings import read_embeddings
 from pipeline.model.layers import check_aggregator
 from pipeline.sampling import new_items
@@ -32,6 +34,7 @@ ITEM_KNN_SIMILARITIES = ("cosine", "tfidf", "bm25")
 OURS = "pinsage"
 # The sample.* settings the random_walk baseline ranks with.
 RANDOM_WALK_KEYS = ("walk_length", "restart_prob", "push_threshold", "degree_exponent")
+REPORT = "report/report.html"
 RETRAINED = "pinsage_retrained"   # new_items: the same configuration trained with the new items
 
 
@@ -42,6 +45,7 @@ class EvalResult:
     metrics: dict
     table: str
     index: dict = field(default_factory=dict)
+    report: str = ""            # report.html of the eval version
 
 
 def _validate(ev) -> None:
@@ -180,6 +184,7 @@ def run_evaluate(cfg) -> EvalResult:
     params = {"eval": OmegaConf.to_container(ev, resolve=True), "seed": seed}
     if "random_walk" in ev.baselines:   # it ranks with the sampler's settings
         params["random_walk"] = {k: cfg.sample[k] for k in RANDOM_WALK_KEYS}
+    params["names"] = {k: cfg.data[k] for k in REPORT_ONLY}
     if ev.compare_aggregators or new_items.is_inductive(run_dir, data.split_version):
         params["variants"] = {"model": OmegaConf.to_container(cfg.model, resolve=True),
                               "train": OmegaConf.to_container(cfg.train, resolve=True)}
@@ -190,7 +195,8 @@ def run_evaluate(cfg) -> EvalResult:
         path = versioned.resolve(run_dir, STAGE, found)
         metrics = json.loads((path / "metrics.json").read_text())
         log.info("eval/%s already computed from these inputs; reusing it", found)
-        return EvalResult(found, True, metrics, report.markdown_table(metrics), idx.manifest)
+        return EvalResult(found, True, metrics, report.markdown_table(metrics), idx.manifest,
+                          str(path / REPORT))
 
     notes: dict[str, str] = {}
     methods = _methods(cfg, data, kmax, notes)
@@ -221,10 +227,12 @@ def run_evaluate(cfg) -> EvalResult:
         methods[RETRAINED] = run_retrained
 
     ranks: dict[str, np.ndarray] = {}
+    tops: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     for name, fn in tqdm(methods.items(), desc="evaluate", unit="method", leave=False):
         t0 = time.perf_counter()
         top = M.only_items(fn(uniq), data.live)
+        tops[name] = top
         seconds[name] = round(time.perf_counter() - t0, 3)
         ranks[name] = M.target_ranks(top[inverse], data.targets)
         log.info("%s: %s in %.1fs", name, M.summarize(ranks[name], ks), seconds[name])
@@ -278,6 +286,10 @@ def run_evaluate(cfg) -> EvalResult:
         labels, what = report.categories(data.features(), data.feature_names, data.degree)
         report.embedding_map(emb.matrix, labels, what, rep / "embedding_map.png",
                              max_points=ev.map_items, seed=seed)
+        shown = [OURS] + ([best] if best is not None else [])
+        report.html_report(metrics, examples(
+            data, {n: tops[n][inverse] for n in shown}, emb.id, item_names(cfg.data),
+            ev.examples, seed), rep)
         (out.path / "metrics.json").write_text(json.dumps(metrics, indent=2))
         out.manifest.update({"counts": {"queries": metrics["num_queries"],
                                         "methods": len(ranks)},
@@ -285,7 +297,8 @@ def run_evaluate(cfg) -> EvalResult:
                                          for n, m in metrics["methods"].items()},
                              "notes": notes})
     log.info("published eval/%s", out.version)
-    return EvalResult(out.version, False, metrics, table, idx.manifest)
+    return EvalResult(out.version, False, metrics, table, idx.manifest,
+                      str(versioned.resolve(run_dir, STAGE, out.version) / REPORT))
 
 
 def print_summary(result: EvalResult) -> None:
@@ -310,6 +323,26 @@ def print_summary(result: EvalResult) -> None:
               f"{m['inductive_ratio']:.3f} ({m['new_items']:,} new items, never seen in training)")
     for what, note in m.get("notes", {}).items():
         print(f"note: {what}: {note}")
+    if result.report:
+        print(f"\nreport: {result.report}")
+
+
+def examples(data, tops: dict[str, np.ndarray], ids: list[str], names: dict[str, str],
+             count: int, seed: int, k: int = 10) -> list[dict]:
+    """A seeded sample of ``count`` held-out rows: the query, its target and each method's top ``k``.
+
+    ``tops`` holds each method's ranked items per held-out row; items are
+    shown by readable name where ``names`` has one (by source id otherwise).
+    """
+    def label(item: int) -> str:
+        return names.get(ids[item], ids[item])
+    rows = np.sort(np.random.default_rng(seed).choice(
+        len(data.queries), min(count, len(data.queries)), replace=False))
+    return [{"query": label(int(data.queries[r])), "target": label(int(data.targets[r])),
+             "methods": {name: [(label(int(i)), int(i) == int(data.targets[r]))
+                                for i in top[r][:k] if i >= 0]
+                         for name, top in tops.items()}}
+            for r in rows]
 
 
 def _best_baseline(per_query: dict, names: list[str]) -> str | None:

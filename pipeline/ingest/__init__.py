@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 MIN_ITEMS = 2    # fewer cannot form a single positive pair
 
 STAGE = "graph"
+# Data settings only the evaluation report reads (readable names): never a new graph.
+REPORT_ONLY = ("names_path", "names_id_col", "names_col")
 
 
 @dataclass
@@ -37,7 +39,8 @@ class IngestResult:
 
 def _stage_config(cfg) -> dict:
     """The part of the config this stage depends on."""
-    return {"data": OmegaConf.to_container(cfg.data, resolve=True),
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return {"data": {k: v for k, v in data.items() if k not in REPORT_ONLY},
             "ingest": OmegaConf.to_container(cfg.ingest, resolve=True)}
 
 

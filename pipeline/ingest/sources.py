@@ -10,6 +10,9 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -205,3 +208,35 @@ def read_source(spark: SparkSession, data: DataConfig) -> RawSource:
         raise IngestError(f"data.source must be one of {', '.join(READERS)}, "
                           f"got '{data.source}'") from None
     return reader(spark, data)
+
+
+def item_names(data: DataConfig) -> dict[str, str]:
+    """Readable item names by source id, for people reading a report; {} when there are none.
+
+    MovieLens-100K: "title (year)" from its item file. Any other graph:
+    ``data.names_path`` (CSV or Parquet) with ``data.names_id_col`` and
+    ``data.names_col``.
+    """
+    if data.source == "movielens100k":
+        table = pacsv.read_csv(movielens100k_dir() / "ml-100k.item",
+                               parse_options=pacsv.ParseOptions(delimiter="\t"),
+                               convert_options=pacsv.ConvertOptions(strings_can_be_null=True,
+                                                                    column_types={
+                                                                        "item_id:token": pa.string(),
+                                                                        "release_year:token":
+                                                                            pa.string()}))
+        return {i: f"{t} ({y})" if y else str(t) for i, t, y in zip(
+            table.column("item_id:token").to_pylist(), table.column("movie_title:token_seq")
+            .to_pylist(), table.column("release_year:token").to_pylist())}
+    if not data.names_path:
+        return {}
+    path = _require_path(data.names_path, "data.names_path")
+    table = (pq.read_table(path) if path.suffix == ".parquet" or path.is_dir()
+             else pacsv.read_csv(path))
+    missing = [c for c in (data.names_id_col, data.names_col) if c not in table.column_names]
+    if missing:
+        raise IngestError(f"{path}: column '{missing[0]}' (data.names_"
+                          f"{'id_col' if missing[0] == data.names_id_col else 'col'}) not found; "
+                          f"the file has columns: {', '.join(table.column_names)}")
+    ids = table.column(data.names_id_col).cast(pa.string()).to_pylist()
+    return dict(zip(ids, map(str, table.column(data.names_col).to_pylist())))
