@@ -69,20 +69,29 @@ def search(index: faiss.Index, matrix: np.ndarray, queries: np.ndarray, k: int,
     (``-1`` where the index has fewer). ``shift`` is added to each query's row
     (the model's query shift, ``PinSage.query``).
     """
-    k1 = min(k + 1, index.ntotal)
     rows, scores = [], []
     for lo in range(0, len(queries), SEARCH_CHUNK):
         q = queries[lo:lo + SEARCH_CHUNK]
-        vectors = matrix[q] if shift is None else matrix[q] + shift
-        s, i = index.search(np.ascontiguousarray(vectors, dtype=np.float32), k1)
-        kept = drop_query(i, q, k)
-        # Scores follow their items: look each kept item's score up in its row.
-        pos = np.argmax(i[:, None, :] == kept[:, :, None], axis=2)
+        kept, s = search_vectors(index, matrix[q] if shift is None else matrix[q] + shift, q, k)
         rows.append(kept)
-        scores.append(np.where(kept >= 0, np.take_along_axis(s, pos, axis=1), -np.inf))
+        scores.append(s)
     if not rows:
         return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-    return np.concatenate(rows), np.concatenate(scores).astype(np.float32)
+    return np.concatenate(rows), np.concatenate(scores)
+
+
+def search_vectors(index: faiss.Index, vectors: np.ndarray, rows: np.ndarray, k: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` rows and float32 scores for query vectors whose own rows are ``rows`` (left out).
+
+    ``-1`` rows and ``-inf`` scores where the index has fewer than ``k`` others.
+    """
+    k1 = min(k + 1, index.ntotal)
+    s, i = index.search(np.ascontiguousarray(vectors, dtype=np.float32), k1)
+    kept = drop_query(i, rows, k)
+    # Scores follow their items: look each kept item's score up in its row.
+    pos = np.argmax(i[:, None, :] == kept[:, :, None], axis=2)
+    return kept, np.where(kept >= 0, np.take_along_axis(s, pos, axis=1), -np.inf).astype(np.float32)
 
 
 def recall(approx: np.ndarray, exact: np.ndarray, k: int) -> float:

@@ -17,10 +17,10 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate import baselines, data as eval_data, report
 from pipeline.evaluate import variants as variants_mod
 from pipeline.evaluate.index import publish_index
-from pipeline.io import versioned
-from pipeline.io.code import code_version
 from pipeline.ingest import REPORT_ONLY
 from pipeline.ingest.sources import item_names
+from pipeline.io import versioned
+from pipeline.io.code import code_version
 from pipeline.io.embeddings import read_embeddings
 from pipeline.model.layers import check_aggregator
 from pipeline.sampling import new_items

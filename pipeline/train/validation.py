@@ -92,18 +92,17 @@ class Validator:
             return {}
         z = model.full_graph_embed(self.node_ids, self.features, self.nbr, self.nbr_w).cpu()
         bias = z @ model.query_shift.detach().cpu()            # u.z_c for every candidate
-        out = {}
-        for s in scales:
-            recip = []
-            for lo in range(0, len(self.queries), QUERY_CHUNK):
-                q, tgt = self.queries[lo:lo + QUERY_CHUNK], self.targets[lo:lo + QUERY_CHUNK]
-                scores = z[q] @ z.T + float(s) * bias
+        recip: dict[float, list[torch.Tensor]] = {float(s): [] for s in scales}
+        for lo in range(0, len(self.queries), QUERY_CHUNK):
+            q, tgt = self.queries[lo:lo + QUERY_CHUNK], self.targets[lo:lo + QUERY_CHUNK]
+            cosine = z[q] @ z.T                                # once per chunk, for every scale
+            for s, parts in recip.items():
+                scores = cosine + s * bias
                 scores[:, ~self.live] = -torch.inf
                 scores[torch.arange(len(q)), q] = -torch.inf
                 own = scores[torch.arange(len(q)), tgt]
-                recip.append(1.0 / (1 + (scores > own[:, None]).sum(dim=1)).double())
-            out[float(s)] = float(torch.cat(recip).mean())
-        return out
+                parts.append(1.0 / (1 + (scores > own[:, None]).sum(dim=1)).double())
+        return {s: float(torch.cat(parts).mean()) for s, parts in recip.items()}
 
     @torch.no_grad()
     def evaluate(self, model) -> dict:
