@@ -1,17 +1,19 @@
-"""What every job entry script shares: the Spark session and clean errors."""
+"""What every job entry script shares: the Spark session, clean errors and ``--help``."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pyspark.sql import SparkSession
 
+from pipeline.config import CONF_DIR, Config
 from pipeline.errors import PipelineError
 from pipeline.spark import build_spark
 
@@ -71,3 +73,106 @@ def _log_to_files(msg: str, exc_info) -> list[str]:
     for handler in files:
         handler.handle(record)
     return [h.baseFilename for h in files]
+
+
+# --- python jobs/<job>.py --help -------------------------------------------------------------
+
+def help_text(cfg: DictConfig, *, job: str, doc: str | None = None,
+              choices: Mapping[str, Any] | None = None) -> str:
+    """The job's ``--help``: its docstring, the config groups and every key of the typed
+    config (:class:`pipeline.config.Config`) with its default in the composed ``cfg`` and
+    the one-line description of its field (``metadata["help"]``), the one source of both."""
+    choices = dict(choices or {})
+    script = f"python jobs/{job}.py"
+    lines = [*(doc.strip("\n").splitlines() if doc else [job]), "",
+             f"Usage: {script} [GROUP=OPTION ...] [KEY=VALUE ...] [--help]",
+             "A default below is the one the config composes to, with any overrides given",
+             f"before --help (e.g. {script} data=edges --help).", "",
+             "== Config groups (GROUP=OPTION; conf/<group>/<option>.yaml) =="]
+    groups = [f for f in dataclasses.fields(Config) if _is_group(f)]
+    rows = []
+    for f in groups:
+        options = sorted(p.stem for p in (CONF_DIR / f.name).glob("*.yaml"))
+        chosen = choices.get(f.name)
+        rows.append((f"{f.name}=" + "|".join(f"{o}*" if o == chosen else o for o in options),
+                     f.metadata.get("help", "")))
+    lines += _columns(rows)
+    lines += ["  (* the option composed now)", "", "== Keys (KEY=VALUE) =="]
+    sections = [(f"{f.name}{f' ({f.name}={choices[f.name]})' if f.name in choices else ''}: "
+                 f"{f.metadata.get('help', '')}",
+                 [(f"{f.name}.{k}={v}", h) for k, v, h in _keys(cfg[f.name], f.default_factory)])
+                for f in groups]
+    sections.append(("top level:", [(f"{k}={v}", h) for k, v, h in _keys(cfg, Config)
+                                    if k not in {g.name for g in groups}]))
+    pad = min(38, max(len(left) for _, rows in sections for left, _ in rows))
+    for title, rows in sections:
+        lines += [title, *_columns(rows, pad)]
+    lines += ["", f"{script} --cfg job prints the whole composed config; --hydra-help lists "
+              "Hydra's own flags."]
+    return "\n".join(lines)
+
+
+def _is_group(f: dataclasses.Field) -> bool:
+    return isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory)
+
+
+def _keys(node: DictConfig, schema: type) -> list[tuple[str, str, str]]:
+    """(key, its value in ``node`` as an override would spell it, its help) per field."""
+    raw = OmegaConf.to_container(node, resolve=False)
+    out = []
+    for f in dataclasses.fields(schema):
+        if OmegaConf.is_missing(node, f.name):
+            value = "??? (required)"
+        else:
+            try:
+                got = node[f.name]
+                value = _show(OmegaConf.to_container(got, resolve=True)
+                              if OmegaConf.is_config(got) else got)
+            except Exception:                     # an interpolation that does not resolve yet
+                value = "?"
+            if OmegaConf.is_interpolation(node, f.name):
+                value = f"{value} (= {raw[f.name]})"
+        out.append((f.name, value, f.metadata.get("help", "")))
+    return out
+
+
+def _show(value: Any, limit: int = 48) -> str:
+    """A value the way a command-line override writes it; long containers cut short."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        text = "[" + ", ".join(_show(v, limit) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{k}: {_show(v, limit)}" for k, v in value.items()) + "}"
+    else:
+        return str(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(value)} entries)"
+
+
+def _columns(rows: list[tuple[str, str]], pad: int | None = None) -> list[str]:
+    """``  left  help`` lines, the help in a column ``pad`` characters in (default: after the
+    widest left side); a wider left side puts its help on the next line."""
+    pad = max((len(left) for left, _ in rows), default=0) if pad is None else pad
+    out = []
+    for left, text in rows:
+        if len(left) > pad:
+            out += [f"  {left}", f"  {'':{pad}}  {text}"]
+        else:
+            out.append(f"  {left:{pad}}  {text}")
+    return out
+
+
+def _help_template(*, _root_: DictConfig) -> str:
+    """``hydra.help.template`` (conf/config.yaml): the help text for the running job, composed
+    by Hydra with the command line's overrides (``$`` escaped for Hydra's string.Template)."""
+    hydra = _root_.hydra
+    main = sys.modules.get("__main__")
+    text = help_text(_root_, job=str(hydra.job.name), doc=getattr(main, "__doc__", None),
+                     choices=OmegaConf.to_container(hydra.runtime.choices))
+    return text.replace("$", "$$")
+
+
+if not OmegaConf.has_resolver("pipeline_help"):
+    OmegaConf.register_new_resolver("pipeline_help", _help_template, use_cache=False)

@@ -7,6 +7,7 @@ halfway through a Spark job).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -17,182 +18,271 @@ from omegaconf import MISSING
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+def setting(default: Any, help: str) -> Any:
+    """A field with its one-line description: ``python jobs/<job>.py --help`` prints
+    ``help`` beside the key and its default from the composed config (pipeline/cli.py).
+    A list or dict default is copied for every instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def group(schema: type, help: str) -> Any:
+    """A config group (``conf/<name>/``) of schema ``schema``, with its description."""
+    return field(default_factory=schema, metadata={"help": help})
+
+
 @dataclass
 class SparkConfig:
-    # Ignored under spark-submit, where the submitter's master wins.
-    master: str = "local[*]"
-    # Spark properties handed to the builder, e.g.
-    # ++spark.conf.spark.sql.shuffle.partitions=8
-    conf: Dict[str, Any] = field(default_factory=dict)
+    master: str = setting("local[*]", "Spark master; ignored under spark-submit, where the "
+                                      "submitter's master wins")
+    conf: Dict[str, Any] = setting({}, "Spark properties handed to the session builder, e.g. "
+                                       "++spark.conf.spark.sql.shuffle.partitions=8")
 
 
 @dataclass
 class DataConfig:
-    name: str = MISSING
-    # movielens100k: the bundled real dataset; edges: a user's edge list.
-    source: str = MISSING
-    path: Optional[str] = None
-    format: str = "csv"
-    src_col: str = "src"
-    dst_col: str = "dst"
-    time_col: Optional[str] = None
-    weight_col: Optional[str] = None
-    bipartite: bool = True
-    features_path: Optional[str] = None
-    features_id_col: str = "id"
-    # Readable item names for the report's examples (CSV or Parquet); ids otherwise.
-    names_path: Optional[str] = None
-    names_id_col: str = "id"
-    names_col: str = "name"
+    name: str = setting(MISSING, "dataset name; names the run directory (run_dir)")
+    source: str = setting(MISSING, "movielens100k: the bundled real dataset | edges: your "
+                                   "edge list at data.path")
+    path: Optional[str] = setting(None, "edges: a CSV/Parquet file or a directory of them "
+                                        "(required)")
+    format: str = setting("csv", "format of data.path: csv | parquet")
+    src_col: str = setting("src", "source column of the edge list (users/boards when bipartite)")
+    dst_col: str = setting("dst", "destination column of the edge list (the items when "
+                                  "bipartite)")
+    time_col: Optional[str] = setting(None, "optional column of integer edge times (e.g. unix "
+                                            "seconds); leave_last_out needs it")
+    weight_col: Optional[str] = setting(None, "optional column of non-negative numeric edge "
+                                              "weights")
+    bipartite: bool = setting(True, "true: src are users/boards, dst are the items that get "
+                                    "embeddings")
+    features_path: Optional[str] = setting(None, "optional Parquet of item features: an id "
+                                                 "column plus a numeric vector or numeric columns")
+    features_id_col: str = setting("id", "id column of data.features_path")
+    names_path: Optional[str] = setting(None, "optional CSV/Parquet of readable item names for "
+                                              "report.html's examples; ids otherwise")
+    names_id_col: str = setting("id", "id column of data.names_path")
+    names_col: str = setting("name", "name column of data.names_path")
 
 
 @dataclass
 class IngestConfig:
-    # fail: stop with a clear error; quarantine: move bad rows to a side table.
-    on_bad_rows: str = "fail"
+    on_bad_rows: str = setting("fail", "fail: stop with a clear error | quarantine: bad rows go "
+                                       "to the graph stage's `quarantine` table")
 
 
 @dataclass
 class SampleConfig:
-    walk_length: int = 3             # L: hops of the walks whose expected visits rank neighbours
-    restart_prob: float = 0.5        # α: a walk stops before each hop with this probability
-    push_threshold: float = 1e-4     # ε: pass mass on while mass/deg >= ε/deg(start); 0 = exact
-    degree_exponent: float = 0.7     # β: score = expected visits / degree^β; tuned on validation
-    quality_sample: int = 200        # items whose neighbourhoods are checked (manifest "quality")
-    num_neighbors: int = 10          # T
-    mode: str = "memory"             # memory | join
-    partitions: int = 0              # start-node partitions; 0 = 2 x Spark's default parallelism
-    pair_window: int = 3             # tuned on validation (1 -> 3)
-    repeat_pairs: bool = True        # a pair co-engaged by n users is n examples; tuned: on
-    hard_window: List[float] = field(default_factory=lambda: [0.02, 0.1])
-    num_hard: int = 6                # hard candidates per query; only if train.max_hard_negatives > 0
-    easy_negatives: int = 2000       # easy-negative draws stored per minibatch (a pool; README)
-    negative_power: float = 0.75     # draws in proportion to (positives + 1)^this; 0 = uniform
-    val_fraction: float = 0.05       # pairs whose minibatches are for validation
-    batch_size: int = 512
-    batches_per_file: int = 16
+    walk_length: int = setting(
+        3, "L: hops of the walks with restart whose expected visits rank the neighbours")
+    restart_prob: float = setting(0.5, "α: the walk stops before each hop with this probability")
+    push_threshold: float = setting(
+        1e-4, "ε: a node passes mass on while mass/deg >= ε/deg(start); 0 = exact")
+    degree_exponent: float = setting(
+        0.7, "β: score = expected visits / degree^β (0 raw PPR, 0.5 symmetric, 1 lift); tuned on "
+             "validation")
+    quality_sample: int = setting(
+        200, "items whose neighbourhoods are checked against exact PPR and a second seed "
+             "(manifest: quality); 0 = none")
+    num_neighbors: int = setting(10, "T: importance neighbours kept per item")
+    mode: str = setting(
+        "memory", "memory (CSR broadcast, NumPy) | join (DataFrame joins, any size)")
+    partitions: int = setting(0, "start-node partitions; 0 = 2 x Spark's default parallelism")
+    pair_window: int = setting(
+        3, "items of a user at most this far apart (time order; seeded order without times) are "
+           "pairs; tuned on validation")
+    repeat_pairs: bool = setting(
+        True, "a pair co-engaged by n users is n training examples (false: once); tuned on "
+              "validation")
+    hard_window: List[float] = setting(
+        [0.02, 0.1], "hard negatives: score ranks in this fraction of the catalogue")
+    num_hard: int = setting(
+        6, "hard-negative candidates per query; batches carry them only if "
+           "train.max_hard_negatives > 0")
+    easy_negatives: int = setting(
+        2000, "pool of easy-negative draws stored per minibatch; each epoch draws "
+              "train.easy_negatives of it")
+    negative_power: float = setting(
+        0.75, "easy negatives drawn in proportion to (positives + 1)^this (word2vec's 0.75); 0 = "
+              "uniform")
+    val_fraction: float = setting(0.05, "fraction of pairs in validation minibatches")
+    batch_size: int = setting(512, "query/positive pairs per minibatch")
+    batches_per_file: int = setting(16, "minibatches per Parquet file of the batches stage")
 
 
 @dataclass
 class ModelConfig:
-    num_layers: int = 2
-    hidden_dim: int = 128            # tuned on validation (64 -> 128)
-    aggregator: str = "importance"
-    id_embedding: str = "on"
-    id_buckets: int = 100_000
-    head_layers: int = 0             # dense layers after the last conv (2: the paper's); tuned: 0
-    item_bias: bool = True           # learned query shift u: score = cos(q, c) + u.z_c (popularity)
+    num_layers: int = setting(2, "K: graph convolution layers (hops of neighbourhood aggregated)")
+    hidden_dim: int = setting(
+        128, "width of every layer and of the embeddings; tuned on validation (64 -> 128)")
+    aggregator: str = setting(
+        "importance", "neighbour aggregation: importance | mean | max | gatv2 | gated")
+    id_embedding: str = setting(
+        "on", "learned per-item id embeddings: on (one row per item) | off (features only) | "
+              "hashed (model.id_buckets rows)")
+    id_buckets: int = setting(100_000, "hashed: rows of the shared id-embedding table")
+    head_layers: int = setting(
+        0, "dense layers after the last conv; 2 = the paper's G2·ReLU(G1·h + g); 0 won on "
+           "validation")
+    item_bias: bool = setting(
+        True, "learned query shift u: score = cos(q, c) + u.z_c, a per-item (popularity) bias")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 2                  # tuned on validation with lr (5 x 0.001 -> 2 x 0.003)
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    schedule: str = "cosine"         # cosine | constant
-    loss: str = "softmax"            # softmax (sampled, logQ-corrected) | max_margin (PinSage's)
-    temperature: float = 0.1         # softmax: logits are cosine / temperature (initial value)
-    learn_temperature: bool = False  # softmax: learn the temperature with the model (capped 0.01)
-    margin: float = 0.1              # max_margin
-    easy_negatives: int = 500        # drawn per minibatch and epoch from its stored pool
-    max_hard_negatives: int = 0      # epoch n uses min(n - 1, this); 0: hurt on MovieLens (README)
-    prefetch: int = 4                # queue depth per producer; 0 = synchronous loading
-    num_workers: int = 1             # producer threads
-    checkpoint_every: int = 50       # steps; checkpoints also at every epoch end
-    resume: bool = False             # continue from the latest checkpoint of this run
-    device: str = "auto"             # auto (cuda when available) | cpu | cuda
-    val_k: int = 10                  # validation hit-rate@k on the split's validation pairs
-    # model.item_bias: scales of the learned query shift tried on the validation rows after
-    # training; the one with the best validation MRR is published (0 = no popularity prior)
-    bias_scales: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    epochs: int = setting(
+        2, "passes over the training minibatches; tuned with lr on validation (5 x 0.001 -> 2 x "
+           "0.003)")
+    lr: float = setting(3e-3, "peak learning rate (Adam)")
+    weight_decay: float = setting(0.0, "weight decay (L2 penalty) of the optimiser")
+    schedule: str = setting("cosine", "learning-rate schedule: cosine | constant")
+    loss: str = setting(
+        "softmax", "softmax (sampled, over in-batch and easy negatives, logQ-corrected) | "
+                   "max_margin (PinSage's)")
+    temperature: float = setting(
+        0.1, "softmax: logits are cosine similarity / temperature (initial value)")
+    learn_temperature: bool = setting(
+        False, "softmax: learn the temperature with the model (capped at 0.01)")
+    margin: float = setting(0.1, "max_margin: hinge margin")
+    easy_negatives: int = setting(
+        500, "easy negatives per minibatch and epoch, drawn from its stored pool "
+             "(sample.easy_negatives)")
+    max_hard_negatives: int = setting(
+        0, "curriculum: epoch n uses min(n - 1, this) hard negatives; 0 = off (hurt on MovieLens)")
+    prefetch: int = setting(
+        4, "producer queue depth; 0 = synchronous loading (read, gather, compute in turn)")
+    num_workers: int = setting(1, "producer threads loading minibatches")
+    checkpoint_every: int = setting(50, "steps between checkpoints; also one at every epoch end")
+    resume: bool = setting(False, "continue from this run's latest checkpoint")
+    device: str = setting("auto", "auto (cuda when available) | cpu | cuda")
+    val_k: int = setting(10, "K of the validation hit-rate@K on the split's validation pairs")
+    bias_scales: List[float] = setting(
+        [0.0, 0.25, 0.5, 0.75, 1.0], "model.item_bias: query-shift scales tried on validation "
+                                     "after training; the best MRR is published (0 = no "
+                                     "popularity prior)")
 
 
 @dataclass
 class InferConfig:
-    partitions: int = 0              # reduce partitions per layer; 0 = auto (see README)
-    batch_rows: int = 65536          # rows per Arrow batch handed to PyTorch
-    message_dtype: str = "float32"   # float32 (exact) | float16 | bfloat16 (half the shuffle)
+    partitions: int = setting(
+        0, "reduce partitions per layer; 0 = max(default parallelism, items x (T+1) / 2M)")
+    batch_rows: int = setting(
+        65536, "rows per Arrow batch handed to PyTorch (bounds executor memory)")
+    message_dtype: str = setting(
+        "float32", "float32 (exact) | float16 | bfloat16: half the bytes per shuffled message")
 
 
 @dataclass
 class EvalConfig:
-    protocol: str = "leave_last_out"  # leave_last_out | random_edges | new_items (inductive)
-    holdout_fraction: float = 0.1    # random_edges: edges held out (half validation, half test)
-    new_item_fraction: float = 0.1   # new_items: share of the eligible items the model never sees
-    new_item_min_degree: int = 5     # new_items: eligible items have this many training edges
-    ks: List[int] = field(default_factory=lambda: [10, 50, 100])
-    kind: str = "test"               # held-out rows scored: test | validation (for tuning)
-    max_queries: int = 0             # > 0: a seeded sample of that many held-out pairs
-    bootstrap: int = 1000            # resamples of the queries for the 95% CIs
-    baselines: List[str] = field(default_factory=lambda: [
-        "popularity", "random_walk", "item_knn", "als", "ease", "node2vec", "lightgcn",
-        "features_only"])
-    item_knn_similarity: str = "bm25"  # item_knn: cosine | tfidf | bm25 (implicit)
-    item_knn_bm25_b: float = 1.0     # bm25: length normalisation by item degree, 0..1
-    als_factors: int = 32            # tuned on validation (64 -> 32)
-    als_iterations: int = 15
-    als_regularization: float = 0.01
-    ease_lambda: float = 10.0        # ease: λ as a multiple of the mean diagonal of X^T X
-    ease_max_items: int = 30_000     # ease: skipped (with a note) above this many items
-    node2vec_dim: int = 64           # node2vec: skip-gram vector size
-    node2vec_walks: int = 10         # walks from every item
-    node2vec_walk_length: int = 40   # hops per walk (item -> user -> item is one hop)
-    node2vec_window: int = 1         # skip-gram context window, in items
-    node2vec_epochs: int = 5
-    node2vec_max_tokens: int = 20_000_000  # epochs, then walks, cut to train at most this many
-    lightgcn_dim: int = 128          # lightgcn: embedding size
-    lightgcn_layers: int = 2
-    lightgcn_epochs: int = 10        # passes over the training edges (BPR)
-    lightgcn_lr: float = 0.05        # Adam
-    lightgcn_batch_size: int = 8192
-    lightgcn_max_steps: int = 200    # minibatches at most (each propagates the whole graph)
-    compare_aggregators: bool = False  # train one extra model per other aggregator
-    aggregators: List[str] = field(default_factory=lambda: [
-        "importance", "mean", "max", "gatv2", "gated"])
-    index: str = "hnsw"              # serving index: hnsw | ivf
-    index_m: int = 32                # hnsw: links per node
-    index_ef_construction: int = 200
-    index_ef_search: int = 128
-    index_nlist: int = 0             # ivf: cells; 0 = about 4 sqrt(items)
-    index_nprobe: int = 16           # ivf: cells searched per query
-    map_items: int = 3000            # items drawn for the t-SNE map
-    examples: int = 8                # held-out queries shown with their top-10 in report.html
+    protocol: str = setting(
+        "leave_last_out", "leave_last_out (needs times) | random_edges | new_items (inductive)")
+    holdout_fraction: float = setting(
+        0.1, "random_edges: fraction of edges held out (half validation, half test)")
+    new_item_fraction: float = setting(
+        0.1, "new_items: seeded share of the eligible items kept out of training")
+    new_item_min_degree: int = setting(
+        5, "new_items: eligible items have at least this many training edges")
+    ks: List[int] = setting([10, 50, 100], "K of hit-rate@K; MRR counts ranks up to max(ks)")
+    kind: str = setting("test", "held-out rows scored: test | validation (tune on validation only)")
+    max_queries: int = setting(
+        0, "> 0: evaluate a seeded sample of that many held-out pairs; 0 = all")
+    bootstrap: int = setting(1000, "query resamples for the 95% confidence intervals")
+    baselines: List[str] = setting(
+        ["popularity", "random_walk", "item_knn", "als", "ease", "node2vec", "lightgcn",
+         "features_only"], "baselines scored beside PinSage")
+    item_knn_similarity: str = setting(
+        "bm25", "item_knn: cosine | tfidf | bm25 (implicit's item-item recommenders)")
+    item_knn_bm25_b: float = setting(
+        1.0, "item_knn bm25: length normalisation by the item's degree, 0..1")
+    als_factors: int = setting(
+        32, "als: latent factors of implicit's AlternatingLeastSquares; tuned on validation (64 "
+            "-> 32)")
+    als_iterations: int = setting(15, "als: alternating least-squares sweeps")
+    als_regularization: float = setting(0.01, "als: L2 regularisation")
+    ease_lambda: float = setting(10.0, "ease (EASE): λ as a multiple of the mean diagonal of X^T X")
+    ease_max_items: int = setting(
+        30_000, "ease: dense items x items inverse; skipped with a note above this many items")
+    node2vec_dim: int = setting(
+        64, "node2vec: skip-gram (gensim Word2Vec) vector size; walks with p = q = 1")
+    node2vec_walks: int = setting(10, "node2vec: walks from every item")
+    node2vec_walk_length: int = setting(
+        40, "node2vec: hops per walk (item -> user -> item is one hop)")
+    node2vec_window: int = setting(1, "node2vec: skip-gram context window, in items")
+    node2vec_epochs: int = setting(5, "node2vec: skip-gram training epochs")
+    node2vec_max_tokens: int = setting(
+        20_000_000, "node2vec: epochs, then walks, cut to train on at most this many tokens")
+    lightgcn_dim: int = setting(
+        128, "lightgcn: embedding size (torch-geometric LightGCN, BPR, on CPU)")
+    lightgcn_layers: int = setting(2, "lightgcn: propagation layers")
+    lightgcn_epochs: int = setting(10, "lightgcn: passes over the training edges")
+    lightgcn_lr: float = setting(0.05, "lightgcn: Adam learning rate")
+    lightgcn_batch_size: int = setting(8192, "lightgcn: training edges per BPR minibatch")
+    lightgcn_max_steps: int = setting(
+        200, "lightgcn: minibatches at most (each propagates the whole graph)")
+    compare_aggregators: bool = setting(
+        False, "true: train and score one extra model per other aggregator")
+    aggregators: List[str] = setting(
+        ["importance", "mean", "max", "gatv2", "gated"],
+        "compare_aggregators: the aggregators compared")
+    index: str = setting("hnsw", "serving index published as stage `index`: hnsw | ivf")
+    index_m: int = setting(32, "hnsw: links per node")
+    index_ef_construction: int = setting(200, "hnsw: candidate list size while building")
+    index_ef_search: int = setting(128, "hnsw: candidate list size while searching")
+    index_nlist: int = setting(0, "ivf: cells; 0 = about 4 sqrt(items)")
+    index_nprobe: int = setting(16, "ivf: cells searched per query")
+    map_items: int = setting(3000, "items drawn for the t-SNE map in the report")
+    examples: int = setting(8, "held-out queries shown with their top-10 in report.html")
 
 
 @dataclass
 class AblateConfig:
-    kind: str = "validation"         # held-out rows scored (tuning never looks at test)
-    # Row name -> overrides of sample.*, model.* or train.* (conf/ablate/default.yaml lists them).
-    rows: Dict[str, List[str]] = field(default_factory=dict)
+    kind: str = setting(
+        "validation", "held-out rows scored: validation (tuning never looks at test) | test")
+    rows: Dict[str, List[str]] = setting(
+        {}, "row name -> overrides of sample.*, model.* or train.* (conf/ablate/default.yaml "
+            "lists them)")
 
 
 @dataclass
 class RefreshConfig:
-    retrain: bool = False            # train a new model instead of inferring with the latest one
-    incremental: bool = True         # re-walk only items a changed edge can reach
-    max_regression: float = 0.02     # largest drop in hit-rate@10 below the current release
-    keep_versions: int = 3           # releases kept (and every stage version they use)
-    rollback: bool = False           # point the release back to the previous one, then stop
+    retrain: bool = setting(
+        False, "true: train a new model; false: infer with the latest published one")
+    incremental: bool = setting(
+        True, "re-walk only the items a changed edge can reach (same result as a full run)")
+    max_regression: float = setting(
+        0.02, "refuse a release whose hit-rate@10 is more than this below the current one")
+    keep_versions: int = setting(3, "releases kept, with every stage version they use")
+    rollback: bool = setting(
+        False, "point the release back to the previous one, then stop (jobs/refresh.py "
+               "--rollback)")
 
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    infer: InferConfig = field(default_factory=InferConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    refresh: RefreshConfig = field(default_factory=RefreshConfig)
-    ablate: AblateConfig = field(default_factory=AblateConfig)
-    spark: SparkConfig = field(default_factory=SparkConfig)
-    run_dir: str = "runs/${data.name}"
-    seed: int = 0
-    # How many published versions of each stage to keep on disk.
-    keep_versions: int = 3
-    # Re-run a stage even when its inputs and config match the latest version.
-    force: bool = False
+    data: DataConfig = group(DataConfig, "the input graph: the bundled MovieLens-100K or your "
+                                         "edge list (jobs/ingest.py)")
+    ingest: IngestConfig = group(IngestConfig, "row-level validation of the input (jobs/ingest.py)")
+    sample: SampleConfig = group(SampleConfig, "importance neighbourhoods, pairs, negatives and "
+                                               "minibatches (jobs/sample.py)")
+    model: ModelConfig = group(ModelConfig, "the PinSage network (jobs/train.py, jobs/infer.py)")
+    train: TrainConfig = group(TrainConfig, "training: loss, negatives, optimiser, checkpoints "
+                                            "(jobs/train.py)")
+    infer: InferConfig = group(InferConfig, "bottom-up Spark inference of every item "
+                                            "(jobs/infer.py)")
+    eval: EvalConfig = group(EvalConfig, "the split, metrics, baselines, serving index and "
+                                         "report (jobs/evaluate.py)")
+    refresh: RefreshConfig = group(RefreshConfig, "the scheduled refresh and its release gate "
+                                                  "(jobs/refresh.py)")
+    ablate: AblateConfig = group(AblateConfig, "the ablation table's rows (jobs/ablate.py)")
+    spark: SparkConfig = group(SparkConfig, "the Spark session every Spark job starts")
+    run_dir: str = setting("runs/${data.name}", "directory of the run's versioned stages and "
+                                                "logs")
+    seed: int = setting(0, "seed of every random choice: split, walks, batches, training, "
+                           "baselines")
+    keep_versions: int = setting(3, "published versions of each stage kept on disk")
+    force: bool = setting(False, "re-run a stage even when its inputs, config and code match "
+                                 "the latest version")
 
 
 def register() -> None:
