@@ -30,6 +30,7 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate import baselines, data as eval_data, report
 from pipeline.evaluate.embed import embed_items
 from pipeline.io import versioned
+from pipeline.io.stage import Stage
 from pipeline.sampling import run_sample
 from pipeline.train.trainer import run_train
 
@@ -135,14 +136,13 @@ def run_ablate(spark: SparkSession, cfg) -> AblationResult:
                                    "ci95": ci[f"{n} - {DEFAULTS}"]} for n, d in diffs.items()}}
     table = report.markdown_table(metrics) + "\n\n" + report.difference_table(
         metrics["vs_defaults"], [f"hit_rate@{ks[0]}", "mrr"], DEFAULTS)
-    fp = versioned.fingerprint({"stage": STAGE, "inputs": versions, "models": models,
-                                "ks": ks, "kind": ab.kind, "bootstrap": cfg.eval.bootstrap,
-                                "paired": True})
-    found = versioned.find_matching(run_dir, STAGE, fp)
-    if found and not cfg.force:
+    stage = Stage(run_dir, STAGE, versions,
+                  {"ablate": OmegaConf.to_container(ab, resolve=True), "models": models, "ks": ks,
+                   "bootstrap": cfg.eval.bootstrap}, keep=cfg.keep_versions, force=cfg.force)
+    found = stage.reusable()
+    if found:
         return AblationResult(found, True, metrics, table)
-    with versioned.publish(run_dir, STAGE, fp, config=OmegaConf.to_container(ab, resolve=True),
-                           inputs=versions, keep=cfg.keep_versions) as out:
+    with stage.publish() as out:
         (out.path / "ablation.md").write_text(table + "\n")
         (out.path / "ablation.json").write_text(json.dumps(metrics, indent=2))
         report.ablation_plot(metrics, out.path / "ablation.png")

@@ -6,6 +6,7 @@ import shutil
 import networkx as nx
 
 from pipeline.io.code import PACKAGE, code_version, imported_modules, module_files
+from pipeline.io.stage import GRAPH, code_hashes
 
 
 def import_graph(root=PACKAGE) -> nx.DiGraph:
@@ -46,13 +47,8 @@ def test_the_check_sees_a_hidden_cycle(tmp_path):
     assert list(nx.simple_cycles(part_graph(import_graph(pkg)))) != []
 
 
-STAGES = {"ingest": "pipeline.ingest", "sample": "pipeline.sampling",
-          "train": "pipeline.train.trainer", "infer": "pipeline.infer",
-          "index": "pipeline.evaluate.index", "eval": "pipeline.evaluate.run"}
-
-
-def _versions(root) -> dict[str, str]:
-    return {stage: code_version(module, str(root)) for stage, module in STAGES.items()}
+def _versions(root) -> dict[str, dict]:
+    return {name: code_hashes(name, str(root)) for name in GRAPH}
 
 
 def test_editing_a_module_changes_the_code_of_the_stages_that_run_it(tmp_path):
@@ -60,13 +56,19 @@ def test_editing_a_module_changes_the_code_of_the_stages_that_run_it(tmp_path):
     shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
     assert _versions(root) == _versions(PACKAGE)            # content, not location
     changed = {}
-    for module in ("sampling/walks.py", "evaluate/report.py", "model/pinsage.py"):
+    for module in ("sampling/walks.py", "sampling/pairs.py", "evaluate/report.py",
+                   "model/pinsage.py", "ingest/sources.py"):
         before = _versions(root)
         with open(root / module, "a") as f:
             f.write("\n# edited\n")
         code_version.cache_clear()
         after = _versions(root)
-        changed[module] = {s for s in STAGES if before[s] != after[s]}
-    assert changed["sampling/walks.py"] == {"sample", "eval"}     # eval's random_walk baseline
-    assert changed["evaluate/report.py"] == {"eval"}
-    assert changed["model/pinsage.py"] == {"train", "infer", "eval"}
+        # The release is never reused (each is a new decision), so it is left out.
+        changed[module] = {s for s in GRAPH if before[s] != after[s]} - {"release"}
+    # eval: its random_walk baseline; ablation: it samples its rows itself.
+    assert changed["sampling/walks.py"] == {"neighbors", "eval", "ablation"}
+    assert changed["sampling/pairs.py"] == {"pairs", "ablation"}
+    assert changed["evaluate/report.py"] == {"eval", "ablation"}
+    assert changed["model/pinsage.py"] == {"model", "embeddings", "eval", "ablation"}
+    # neighbors and embeddings: incremental runs check ids are numbered from the old graph.
+    assert changed["ingest/sources.py"] == {"graph", "neighbors", "embeddings", "eval", "ablation"}

@@ -15,7 +15,7 @@ from pipeline.data.features import cached_feature_store
 from pipeline.data.split import item_degree, read_holdout, read_live_items, read_train_edges
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
-from pipeline.io.kinds import ITEM
+from pipeline.io.manifests import GraphManifest, SplitManifest
 from pipeline.sampling import new_items
 
 @dataclass
@@ -74,8 +74,9 @@ def load(run_dir: str, kind: str = "test", split_version: str | None = None,
     kept. ``max_queries`` > 0 keeps a seeded sample of that many held-out pairs.
     """
     split_version = split_version or versioned.latest_inputs(run_dir, ("split",), "evaluation")["split"]
-    graph_version = versioned.read_manifest(run_dir, "split", split_version)["inputs"]["graph"]
-    g = versioned.read_manifest(run_dir, "graph", graph_version)
+    graph_version = versioned.check_version(
+        run_dir, "graph", SplitManifest.read(run_dir, split_version).graph).name
+    g = GraphManifest.read(run_dir, graph_version)
     queries, targets = read_holdout(run_dir, split_version, kind)
     new = new_items.read(run_dir, split_version)
     if new_items.is_inductive(run_dir, split_version):
@@ -88,11 +89,9 @@ def load(run_dir: str, kind: str = "test", split_version: str | None = None,
         keep = np.sort(np.random.default_rng(seed).choice(len(queries), max_queries, replace=False))
         queries, targets = queries[keep], targets[keep]
     src, dst, weight = read_train_edges(run_dir, split_version)
-    n_items = int(g["counts"]["nodes"].get(ITEM, 0))
+    n_items = g.n_items
     return EvalData(run_dir=run_dir, graph_version=graph_version, split_version=split_version,
-                    n_items=n_items,
-                    n_nodes=int(g["counts"]["nodes_out"]), bipartite=bool(g["bipartite"]),
-                    feature_names=list(g.get("feature_names") or []) if g["counts"].get("feature_dim")
-                    else [], queries=queries, targets=targets,
+                    n_items=n_items, n_nodes=g.n_nodes, bipartite=g.bipartite,
+                    feature_names=g.feature_names if g.feature_dim else [], queries=queries, targets=targets,
                     live=read_live_items(run_dir, graph_version, n_items), src=src, dst=dst,
                     weight=weight, new_items=new)

@@ -23,10 +23,10 @@ def embed_items(run_dir: str, model_version: str | None = None
     """``(n_items, d)`` L2-normalised embeddings of every item by a published model, and the
     model's query shift (``PinSage.query``; None without ``model.item_bias``)."""
     model, manifest = load_model(run_dir, model_version)
-    inputs = manifest["inputs"]
+    inputs = manifest.inputs
     store = cached_feature_store(run_dir, inputs["graph"])
-    n, T = store.num_items, int(manifest["model"]["num_neighbors"])
-    nb_dir = versioned.resolve(run_dir, "neighbors", inputs["neighbors"]) / "neighbors"
+    n, T = store.num_items, manifest.num_neighbors
+    nb_dir = versioned.check_version(run_dir, "neighbors", inputs["neighbors"]) / "neighbors"
     ids, w = dense_neighbors(ds.dataset(str(nb_dir), format="parquet").to_table(), n, T)
     z = model.full_graph_embed(torch.arange(n), torch.from_numpy(store.gather(np.arange(n))),
                                torch.from_numpy(ids), torch.from_numpy(w))

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
-from pipeline.io.code import code_version
 from pipeline.io.embeddings import read_embeddings
 from pipeline.io.kinds import RETIRED_ID
+from pipeline.io.stage import Stage
 from pipeline.metrics import drop_query
 
 log = logging.getLogger(__name__)
@@ -127,11 +127,10 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
               "ef_search": ev.index_ef_search, "nlist": ev.index_nlist, "nprobe": ev.index_nprobe,
               "ks": list(ev.ks), "seed": seed}
     inputs = {"embeddings": embeddings_version}
-    fp = versioned.fingerprint({"code": code_version(__name__), "stage": STAGE, "inputs": inputs,
-                                "params": params})
-    found = versioned.find_matching(run_dir, STAGE, fp)
-    if found and not force:
-        return IndexResult(found, True, versioned.read_manifest(run_dir, STAGE, found))
+    stage = Stage(run_dir, STAGE, inputs, params, keep=keep, force=force)
+    found = stage.reusable()
+    if found:
+        return IndexResult(found, True, stage.manifest(found))
     emb = read_embeddings(run_dir, embeddings_version)
     live = np.array([i != RETIRED_ID for i in emb.id], dtype=bool)
     row_of = np.cumsum(live) - 1                 # embedding row -> index row (live rows)
@@ -150,7 +149,7 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
     approx_top, _ = search(index, matrix, queries, kmax, emb.query_shift)
     search_s = time.perf_counter() - t0
     quality = {f"recall@{k}": round(recall(approx_top, exact_top, k), 4) for k in ev.ks}
-    with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs, keep=keep) as out:
+    with stage.publish() as out:
         faiss.write_index(index, str(out.path / INDEX_FILE))
         table = pa.table({"node": pa.array(node, pa.int64()), "id": pa.array(ids, pa.string())},
                          schema=to_arrow_schema(schemas.INDEX_ITEMS))

@@ -20,8 +20,9 @@ from pipeline.evaluate.index import publish_index
 from pipeline.ingest import REPORT_ONLY
 from pipeline.ingest.sources import item_names
 from pipeline.io import versioned
-from pipeline.io.code import code_version
 from pipeline.io.embeddings import read_embeddings
+from pipeline.io.manifests import ModelManifest, SplitManifest
+from pipeline.io.stage import Stage
 from pipeline.model.layers import check_aggregator
 from pipeline.sampling import new_items
 
@@ -167,48 +168,27 @@ def _methods(cfg, data: eval_data.EvalData, kmax: int, notes: dict) -> dict[str,
     return out
 
 
-def run_evaluate(cfg) -> EvalResult:
-    """Evaluate the latest embeddings and the baselines; publish ``index`` and ``eval``."""
-    ev, run_dir, seed = cfg.eval, cfg.run_dir, int(cfg.seed)
-    _validate(ev)
-    ks = sorted(set(int(k) for k in ev.ks))
-    kmax = ks[-1]
-    data = eval_data.load(run_dir, kind=ev.kind, max_queries=ev.max_queries, seed=seed)
-    emb = _embeddings(run_dir, data.n_items, data.split_version)
-    # Each distinct query is answered once; rows map back to the held-out pairs.
-    uniq, inverse = np.unique(data.queries, return_inverse=True)
-
-    idx = publish_index(run_dir, ev, emb.version, uniq, keep=cfg.keep_versions, force=cfg.force,
-                        seed=seed)
-    inputs = {"split": data.split_version, "embeddings": emb.version, "index": idx.version}
-    params = {"eval": OmegaConf.to_container(ev, resolve=True), "seed": seed}
+def _params(cfg, data: eval_data.EvalData) -> dict:
+    """Every setting the ``eval`` stage's output depends on."""
+    ev = cfg.eval
+    params = {"eval": OmegaConf.to_container(ev, resolve=True), "seed": int(cfg.seed)}
     if "random_walk" in ev.baselines:   # it ranks with the sampler's settings
         params["random_walk"] = {k: cfg.sample[k] for k in RANDOM_WALK_KEYS}
     params["names"] = {k: cfg.data[k] for k in REPORT_ONLY}
-    if ev.compare_aggregators or new_items.is_inductive(run_dir, data.split_version):
+    if ev.compare_aggregators or new_items.is_inductive(cfg.run_dir, data.split_version):
         params["variants"] = {"model": OmegaConf.to_container(cfg.model, resolve=True),
                               "train": OmegaConf.to_container(cfg.train, resolve=True)}
-    fp = versioned.fingerprint({"code": code_version(__name__), "stage": STAGE, "inputs": inputs,
-                                "params": params})
-    found = versioned.find_matching(run_dir, STAGE, fp)
-    if found and not cfg.force:
-        path = versioned.resolve(run_dir, STAGE, found)
-        metrics = json.loads((path / "metrics.json").read_text())
-        log.info("eval/%s already computed from these inputs; reusing it", found)
-        return EvalResult(found, True, metrics, report.markdown_table(metrics), idx.manifest,
-                          str(path / REPORT))
+    return params
 
-    notes: dict[str, str] = {}
-    methods = _methods(cfg, data, kmax, notes)
-    methods[OURS] = lambda q: baselines.embedding_topk(emb.matrix, q, kmax, data.live,
-                                                       emb.query_shift)
-    origin = lineage(run_dir, "embeddings", emb.version)
-    model_manifest = (versioned.read_manifest(run_dir, "model", origin["model"])
-                      if "model" in origin else None)
-    model_aggregator = model_manifest["model"]["aggregator"] if model_manifest else None
-    variants: dict[str, str] = {}
-    if ev.compare_aggregators:
-        for agg in ev.aggregators:
+
+def _variant_methods(cfg, data: eval_data.EvalData, kmax: int, variants: dict[str, str],
+                     model_aggregator: str | None) -> dict:
+    """PinSage rows trained for this evaluation: one per other aggregator
+    (``eval.compare_aggregators``) and, under ``new_items``, the retrained upper bound.
+    Each records the model version it trained in ``variants``."""
+    methods = {}
+    if cfg.eval.compare_aggregators:
+        for agg in cfg.eval.aggregators:
             if agg == model_aggregator:
                 continue
             name = f"{OURS}[{agg}]"
@@ -218,35 +198,61 @@ def run_evaluate(cfg) -> EvalResult:
                 variants[name] = version
                 return baselines.embedding_topk(matrix, q, kmax, data.live, shift)
             methods[name] = run_variant
-    inductive = new_items.is_inductive(run_dir, data.split_version)
-    if inductive:
+    if new_items.is_inductive(cfg.run_dir, data.split_version):
         def run_retrained(q):
             (matrix, shift), version = variants_mod.retrained(cfg)
             variants[RETRAINED] = version
             return baselines.embedding_topk(matrix, q, kmax, data.live, shift)
         methods[RETRAINED] = run_retrained
+    return methods
 
-    ranks: dict[str, np.ndarray] = {}
-    tops: dict[str, np.ndarray] = {}
-    seconds: dict[str, float] = {}
+
+def _score(methods: dict, uniq: np.ndarray, inverse: np.ndarray, data: eval_data.EvalData,
+           ks: list[int]) -> tuple[dict, dict, dict]:
+    """Each method's target ranks per held-out row, its top items per distinct query, and
+    its seconds."""
+    ranks, tops, seconds = {}, {}, {}
     for name, fn in tqdm(methods.items(), desc="evaluate", unit="method", leave=False):
         t0 = time.perf_counter()
-        top = M.only_items(fn(uniq), data.live)
-        tops[name] = top
+        tops[name] = M.only_items(fn(uniq), data.live)
         seconds[name] = round(time.perf_counter() - t0, 3)
-        ranks[name] = M.target_ranks(top[inverse], data.targets)
+        ranks[name] = M.target_ranks(tops[name][inverse], data.targets)
         log.info("%s: %s in %.1fs", name, M.summarize(ranks[name], ks), seconds[name])
+    return ranks, tops, seconds
 
+
+def _write_report(cfg, rep: Path, metrics: dict, table: str, notes: dict, tensorboard: Path | None,
+                  ranks: dict, data: eval_data.EvalData, emb, shown: dict) -> None:
+    """``report/``: the table, the three plots and ``report.html`` with example queries."""
+    ev, seed = cfg.eval, int(cfg.seed)
+    rep.mkdir()
+    (rep / "metrics.md").write_text(table + "\n")
+    note = report.training_curves(tensorboard, rep / "training_curves.png")
+    if note:
+        notes["training_curves"] = note
+    report.hit_rate_curves(ranks, max(metrics["ks"]), rep / "hit_rate_at_k.png")
+    labels, what = report.categories(data.features(), data.feature_names, data.degree)
+    report.embedding_map(emb.matrix, labels, what, rep / "embedding_map.png",
+                         max_points=ev.map_items, seed=seed)
+    report.html_report(metrics, examples(data, shown, emb.id, item_names(cfg.data),
+                                         ev.examples, seed), rep)
+
+
+def _metrics(cfg, data: eval_data.EvalData, ranks: dict, seconds: dict, notes: dict, idx,
+             inputs: dict, variants: dict) -> tuple[dict, str | None]:
+    """``metrics.json``: every method's metrics with bootstrap CIs, PinSage's paired
+    difference from the best baseline (returned too), and what was evaluated."""
+    ev, seed, run_dir = cfg.eval, int(cfg.seed), cfg.run_dir
+    ks = sorted(set(int(k) for k in ev.ks))
     per_query = {name: M.per_query(r, ks) for name, r in ranks.items()}
-    best = _best_baseline(per_query, [n for n in methods if n in BASELINES])
+    best = _best_baseline(per_query, [n for n in ranks if n in BASELINES])
     if best is not None:
         per_query[f"{OURS} - {best}"] = {k: per_query[OURS][k] - per_query[best][k]
                                         for k in per_query[OURS]}
     ci = M.bootstrap_ci(per_query, ev.bootstrap, seed)
     metrics = {
         "dataset": cfg.data.name,
-        "protocol": versioned.read_manifest(run_dir, "split", data.split_version).get(
-            "protocol", ev.protocol),
+        "protocol": SplitManifest.read(run_dir, data.split_version).protocol,
         "split": ev.kind,
         "num_queries": int(len(data.queries)),
         "num_items": data.n_items,
@@ -265,31 +271,57 @@ def run_evaluate(cfg) -> EvalResult:
             "baseline": best,
             "difference": {k: float(v.mean()) for k, v in per_query[diff].items()},
             "ci95": ci[diff]}
-    if inductive:
+    if RETRAINED in ranks:
         hit = f"hit_rate@{ks[0]}"
         base = metrics["methods"][RETRAINED][hit]
         metrics["inductive_ratio"] = metrics["methods"][OURS][hit] / base if base else None
         metrics["new_items"] = int(len(data.new_items))
+    return metrics, best
+
+
+def run_evaluate(cfg) -> EvalResult:
+    """Evaluate the latest embeddings and the baselines; publish ``index`` and ``eval``."""
+    ev, run_dir, seed = cfg.eval, cfg.run_dir, int(cfg.seed)
+    _validate(ev)
+    ks = sorted(set(int(k) for k in ev.ks))
+    kmax = ks[-1]
+    data = eval_data.load(run_dir, kind=ev.kind, max_queries=ev.max_queries, seed=seed)
+    emb = _embeddings(run_dir, data.n_items, data.split_version)
+    # Each distinct query is answered once; rows map back to the held-out pairs.
+    uniq, inverse = np.unique(data.queries, return_inverse=True)
+
+    idx = publish_index(run_dir, ev, emb.version, uniq, keep=cfg.keep_versions, force=cfg.force,
+                        seed=seed)
+    inputs = {"split": data.split_version, "embeddings": emb.version, "index": idx.version}
+    stage = Stage(run_dir, STAGE, inputs, _params(cfg, data), keep=cfg.keep_versions,
+                  force=cfg.force)
+    found = stage.reusable()
+    if found:
+        path = versioned.resolve(run_dir, STAGE, found)
+        metrics = json.loads((path / "metrics.json").read_text())
+        return EvalResult(found, True, metrics, report.markdown_table(metrics), idx.manifest,
+                          str(path / REPORT))
+
+    notes: dict[str, str] = {}
+    methods = _methods(cfg, data, kmax, notes)
+    methods[OURS] = lambda q: baselines.embedding_topk(emb.matrix, q, kmax, data.live,
+                                                       emb.query_shift)
+    origin = lineage(run_dir, "embeddings", emb.version)
+    model_manifest = ModelManifest.read(run_dir, origin["model"]) if "model" in origin else None
+    variants: dict[str, str] = {}       # variant row -> the model version it trained
+    methods.update(_variant_methods(cfg, data, kmax, variants,
+                                    model_manifest.aggregator if model_manifest else None))
+    ranks, tops, seconds = _score(methods, uniq, inverse, data, ks)
+
+    metrics, best = _metrics(cfg, data, ranks, seconds, notes, idx, inputs, variants)
     table = report.markdown_table(metrics)
 
-    with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs,
-                           keep=cfg.keep_versions) as out:
-        rep = out.path / "report"
-        rep.mkdir()
-        (rep / "metrics.md").write_text(table + "\n")
-        tb = (Path(run_dir) / model_manifest["tensorboard"]
-              if model_manifest and "tensorboard" in model_manifest else None)
-        note = report.training_curves(tb, rep / "training_curves.png")
-        if note:
-            notes["training_curves"] = note
-        report.hit_rate_curves(ranks, kmax, rep / "hit_rate_at_k.png")
-        labels, what = report.categories(data.features(), data.feature_names, data.degree)
-        report.embedding_map(emb.matrix, labels, what, rep / "embedding_map.png",
-                             max_points=ev.map_items, seed=seed)
+    with stage.publish() as out:
+        tb = (Path(run_dir) / model_manifest.tensorboard
+              if model_manifest and model_manifest.tensorboard else None)
         shown = [OURS] + ([best] if best is not None else [])
-        report.html_report(metrics, examples(
-            data, {n: tops[n][inverse] for n in shown}, emb.id, item_names(cfg.data),
-            ev.examples, seed), rep)
+        _write_report(cfg, out.path / "report", metrics, table, notes, tb, ranks, data, emb,
+                      {n: tops[n][inverse] for n in shown})
         (out.path / "metrics.json").write_text(json.dumps(metrics, indent=2))
         out.manifest.update({"counts": {"queries": metrics["num_queries"],
                                         "methods": len(ranks)},

@@ -45,8 +45,9 @@ from pyspark.sql import functions as F
 from pipeline.errors import PipelineError
 from pipeline.infer import incremental, kernels
 from pipeline.io import schemas, versioned
-from pipeline.io.code import code_version
 from pipeline.io.embeddings import STAGE, TABLE
+from pipeline.io.manifests import GraphManifest, NeighborsManifest
+from pipeline.io.stage import Stage
 from pipeline.model import spec_value
 from pipeline.train.trainer import STAGE as MODEL_STAGE
 from pipeline.train.trainer import load_model
@@ -233,6 +234,36 @@ def _embed_changed(spark: SparkSession, run_dir: str, plan: incremental.Plan, it
     _write_embeddings(merged, out_path)
 
 
+def _read_inputs(spark: SparkSession, cfg, inputs: dict[str, str], spec: dict
+                 ) -> tuple[DataFrame, DataFrame, dict[str, int]]:
+    """The graph's items and the neighbour lists, checked against the model: ``(items,
+    neighbors, counts)`` with the numbers of items, of items with neighbours and of
+    items the model never saw."""
+    run_dir = cfg.run_dir
+    graph_dir = versioned.resolve(run_dir, "graph", inputs["graph"])
+    nb_dir = versioned.resolve(run_dir, "neighbors", inputs["neighbors"])
+    check_compatible(spec, cfg.model, GraphManifest.read(run_dir, inputs["graph"]).feature_dim,
+                     NeighborsManifest.read(run_dir, inputs["neighbors"]).num_neighbors)
+
+    items = (spark.read.schema(schemas.NODES).parquet(str(graph_dir / "nodes"))
+             .where(F.col("type") == schemas.ITEM).select("node", "id", "features"))
+    neighbors = schemas.conform(spark.read.parquet(str(nb_dir / "neighbors")),
+                                schemas.NEIGHBORS, "neighbors")
+    stats = items.agg(F.count(F.lit(1)).alias("items"),
+                      F.sum((F.col("node") >= spec["num_items"]).cast("long")).alias("unseen"),
+                      F.min(F.size("features")).alias("min_dim"),
+                      F.max(F.size("features")).alias("max_dim")).first()
+    if not stats["items"]:
+        raise PipelineError(f"graph/{inputs['graph']} has no items to embed")
+    if stats["min_dim"] != stats["max_dim"] or stats["max_dim"] != spec["feature_dim"]:
+        raise PipelineError(f"items have {stats['min_dim']} to {stats['max_dim']} features, "
+                            f"the model expects {spec['feature_dim']}")
+    with_nbrs = (items.select("node").join(neighbors.where(F.size("neighbors") > 0)
+                                           .select("node"), "node", "left_semi").count())
+    return items, neighbors, {"items": int(stats["items"]), "with_neighbors": with_nbrs,
+                              "unseen": int(stats["unseen"] or 0)}
+
+
 def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -> InferResult:
     """Embed every item of the latest graph with the latest model; publish ``embeddings``.
 
@@ -244,41 +275,21 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
     _validate(cfg)
     i, run_dir = cfg.infer, cfg.run_dir
     inputs = versioned.latest_inputs(run_dir, (MODEL_STAGE, "neighbors", "graph"), "inference")
-    params = {"message_dtype": i.message_dtype, "code": code_version(__name__)}
-    fp = versioned.fingerprint({"stage": STAGE, "inputs": inputs, "params": params})
-    found = versioned.find_matching(run_dir, STAGE, fp)
-    if found and not cfg.force:
-        log.info("%s/%s already built from these inputs; reusing it", STAGE, found)
-        return InferResult(found, True, versioned.read_manifest(run_dir, STAGE, found)["counts"])
+    params = {"message_dtype": i.message_dtype}
+    stage = Stage(run_dir, STAGE, inputs, params, keep=cfg.keep_versions,
+                  force=cfg.force)
+    found = stage.reusable()
+    if found:
+        return InferResult(found, True, stage.manifest(found)["counts"])
 
     t0 = time.perf_counter()
     model, model_manifest = load_model(run_dir, inputs[MODEL_STAGE])
-    spec = model_manifest["model"]
-    graph_dir = versioned.resolve(run_dir, "graph", inputs["graph"])
-    graph_manifest = versioned.read_manifest(run_dir, "graph", inputs["graph"])
-    nb_dir = versioned.resolve(run_dir, "neighbors", inputs["neighbors"])
-    nb_config = versioned.read_manifest(run_dir, "neighbors", inputs["neighbors"])["config"]
-    check_compatible(spec, cfg.model, int(graph_manifest["counts"].get("feature_dim", 0)),
-                     int(nb_config["num_neighbors"]))
-
-    items = (spark.read.schema(schemas.NODES).parquet(str(graph_dir / "nodes"))
-             .where(F.col("type") == schemas.ITEM).select("node", "id", "features"))
-    neighbors = schemas.conform(spark.read.parquet(str(nb_dir / "neighbors")),
-                                schemas.NEIGHBORS, "neighbors")
-    stats = items.agg(F.count(F.lit(1)).alias("items"),
-                      F.sum((F.col("node") >= spec["num_items"]).cast("long")).alias("unseen"),
-                      F.min(F.size("features")).alias("min_dim"),
-                      F.max(F.size("features")).alias("max_dim")).first()
-    n_items = int(stats["items"])
-    if n_items == 0:
-        raise PipelineError(f"graph/{inputs['graph']} has no items to embed")
-    if stats["min_dim"] != stats["max_dim"] or stats["max_dim"] != spec["feature_dim"]:
-        raise PipelineError(f"items have {stats['min_dim']} to {stats['max_dim']} features, "
-                            f"the model expects {spec['feature_dim']}")
-    with_nbrs = (items.select("node").join(neighbors.where(F.size("neighbors") > 0)
-                                           .select("node"), "node", "left_semi").count())
+    spec = model_manifest.spec
+    items, neighbors, stats = _read_inputs(spark, cfg, inputs, spec)
+    n_items, with_nbrs = stats["items"], stats["with_neighbors"]
     T = int(spec["num_neighbors"])
-    plan, why = (incremental.plan(spark, run_dir, embeddings_from, inputs, params, items, neighbors,
+    plan, why = (incremental.plan(spark, run_dir, embeddings_from, inputs, params,
+                                  stage.code_hashes, items, neighbors,
                                   n_items=n_items, num_neighbors=T, num_layers=model.num_layers)
                  if embeddings_from else (None, ""))
     if why:
@@ -291,8 +302,7 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
              n_items if plan is None else plan.recomputed, inputs[MODEL_STAGE], model.num_layers,
              spec["aggregator"], partitions)
 
-    with versioned.publish(run_dir, STAGE, fp, config=params, inputs=inputs,
-                           keep=cfg.keep_versions) as out:
+    with stage.publish() as out:
         scratch = out.path / "_recomputed"
         with _session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
                                    str(i.batch_rows)}):
@@ -308,7 +318,7 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
         shutil.rmtree(scratch, ignore_errors=True)
         total = time.perf_counter() - t0
         counts = {"items": n_items, "empty_neighborhoods": n_items - with_nbrs,
-                  "unseen_items": int(stats["unseen"] or 0), "num_layers": model.num_layers,
+                  "unseen_items": stats["unseen"], "num_layers": model.num_layers,
                   "dim": spec["hidden_dim"], "partitions": partitions,
                   "message_dtype": i.message_dtype,
                   "recomputed_items": n_items if plan is None else plan.recomputed,

@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 from pipeline.ingest import numbered_from
 from pipeline.io import schemas, versioned
 from pipeline.io.arrays import dense_neighbors
+from pipeline.io.manifests import GraphManifest
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def changed_items(old_items: DataFrame, new_items: DataFrame, old_nb: DataFrame,
 
 
 def plan(spark: SparkSession, run_dir: str, previous: str, inputs: dict[str, str], params: dict,
-         items: DataFrame, neighbors: DataFrame, *, n_items: int, num_neighbors: int,
+         code: dict[str, str], items: DataFrame, neighbors: DataFrame, *, n_items: int, num_neighbors: int,
          num_layers: int) -> tuple[Plan | None, str]:
     """What to recompute to turn ``embeddings/previous`` into the embeddings of ``inputs``.
 
@@ -95,14 +96,15 @@ def plan(spark: SparkSession, run_dir: str, previous: str, inputs: dict[str, str
         prev_graph = prev["inputs"]["graph"]
         old_nodes = versioned.resolve(run_dir, "graph", prev_graph) / "nodes"
         old_nb_dir = versioned.resolve(run_dir, "neighbors", prev["inputs"]["neighbors"])
-        old_n_items = int(versioned.read_manifest(run_dir, "graph", prev_graph)
-                          ["counts"]["nodes"].get(schemas.ITEM, 0))
+        old_n_items = GraphManifest.read(run_dir, prev_graph).n_items
     except (versioned.StageNotFound, FileNotFoundError, KeyError) as e:
         return None, f"embeddings/{previous} or its inputs are gone ({e})"
     if prev["inputs"].get("model") != inputs["model"]:
         return None, f"it was made with model/{prev['inputs'].get('model')}"
     if prev.get("config") != params:
-        return None, f"it was made with other parameters or code ({prev.get('config')})"
+        return None, f"it was made with other parameters ({prev.get('config')})"
+    if prev.get("code") != code:
+        return None, "it was made by other code"
     if not numbered_from(run_dir, inputs["graph"], prev_graph):
         return None, f"graph/{inputs['graph']} is not numbered from graph/{prev_graph}"
     if old_n_items > n_items:

@@ -17,8 +17,8 @@ from pyspark.sql import functions as F
 from pipeline.errors import IngestError
 from pipeline.ingest import graph, sources, validate
 from pipeline.io import schemas, versioned
-from pipeline.io.code import code_version
 from pipeline.io.kinds import ITEM, RETIRED_ID
+from pipeline.io.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,12 @@ def _stage_config(cfg) -> dict:
             "ingest": OmegaConf.to_container(cfg.ingest, resolve=True)}
 
 
-def _fingerprint(cfg, files: list[str]) -> str:
-    return versioned.fingerprint({
-        "code": code_version(__name__),
-        **_stage_config(cfg),
-        "files": [versioned.file_identity(f) for f in files],
-    })
+def _stage(cfg, files: list[str], id_map_from: str | None) -> Stage:
+    """The ``graph`` stage: its source files' identities count as parameters; the
+    version it keeps ids from is recorded, not fingerprinted (it is always the latest)."""
+    return Stage(cfg.run_dir, STAGE, inputs={},
+                 params={**_stage_config(cfg), "files": [versioned.file_identity(f) for f in files]}, keep=cfg.keep_versions, force=cfg.force,
+                 recorded_inputs={"id_map": id_map_from} if id_map_from else {})
 
 
 def run_ingest(spark: SparkSession, cfg) -> IngestResult:
@@ -61,11 +61,11 @@ def run_ingest(spark: SparkSession, cfg) -> IngestResult:
 def _ingest(spark: SparkSession, cfg) -> IngestResult:
     t0 = time.perf_counter()
     raw = sources.read_source(spark, cfg.data)
-    fp = _fingerprint(cfg, raw.files)
-    existing = versioned.find_matching(cfg.run_dir, STAGE, fp)
-    if existing and not cfg.force:
-        manifest = versioned.read_manifest(cfg.run_dir, STAGE, existing)
-        log.info("graph/%s already built from these inputs and config; reusing it", existing)
+    id_map_from = versioned.latest_version(cfg.run_dir, STAGE)
+    stage = _stage(cfg, raw.files, id_map_from)
+    existing = stage.reusable()
+    if existing:
+        manifest = stage.manifest(existing)
         return IngestResult(existing, str(versioned.resolve(cfg.run_dir, STAGE, existing)),
                             manifest["counts"], reused=True)
 
@@ -75,7 +75,6 @@ def _ingest(spark: SparkSession, cfg) -> IngestResult:
     good, bad_edges, edge_problems = validate.split(
         raw.edges, validate.edge_checks(raw), edge_cols, total=rows_in,
         on_bad_rows=on_bad, what=f"edges from {raw.path}")
-    id_map_from = versioned.latest_version(cfg.run_dir, STAGE)
     previous = (read_graph(spark, cfg.run_dir, id_map_from)[0].select("node", "id", "type")
                 if id_map_from else None)
     nodes, edges, edge_counts = graph.build_edges(good, raw.columns, cfg.data.bipartite, previous)
@@ -97,9 +96,7 @@ def _ingest(spark: SparkSession, cfg) -> IngestResult:
     counts.update(feature_counts)
     counts["feature_dim"] = dim
 
-    inputs = {"id_map": id_map_from} if id_map_from else {}
-    with versioned.publish(cfg.run_dir, STAGE, fp, config=_stage_config(cfg), inputs=inputs,
-                           keep=cfg.keep_versions) as out:
+    with stage.publish() as out:
         nodes.write.parquet(out.table_path("nodes"))
         edges.write.parquet(out.table_path("edges"))
         quarantine.coalesce(1).write.parquet(out.table_path("quarantine"))

@@ -51,12 +51,13 @@ def closure(module: str, files: dict[str, Path]) -> set[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def code_version(module: str, root: str = str(PACKAGE)) -> str:
-    """A hash of the source of ``module`` and of everything it imports from ``root``."""
+def code_version(module: str, root: str = str(PACKAGE), *, imports: bool = True) -> str:
+    """A hash of the source of ``module`` and of everything it imports from ``root``
+    (``imports=False``: of its own source only)."""
     files = module_files(Path(root))
     if module not in files:
         raise KeyError(f"{module} is not a module under {root}")
     h = hashlib.sha256()
-    for name in sorted(closure(module, files)):
+    for name in sorted(closure(module, files) if imports else {module}):
         h.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
     return h.hexdigest()

@@ -29,6 +29,7 @@ from pipeline.infer import run_infer
 from pipeline.ingest import run_ingest
 from pipeline.io import versioned
 from pipeline.io.embeddings import read_embeddings
+from pipeline.io.stage import Stage
 from pipeline.refresh.lock import RunLock
 from pipeline.sampling import run_sample
 from pipeline.train.trainer import run_train
@@ -175,11 +176,11 @@ def run_refresh(spark: SparkSession, cfg) -> RefreshResult:
                 raise Refused(f"hit_rate@10 {metrics[HIT_RATE]:.4f} is more than "
                               f"refresh.max_regression={r.max_regression} below release/"
                               f"{prev['version']} ({before:.4f}); not publishing")
-        fp = versioned.fingerprint(versions)
         counts["seconds"] = round(time.perf_counter() - t0, 2)
-        with versioned.publish(run_dir, STAGE, fp, inputs=versions,
-                               config={"refresh": OmegaConf.to_container(r, resolve=True)},
-                               keep=max(1, r.keep_versions)) as out:
+        # A release is always new (it records what was checked); never reused.
+        release = Stage(run_dir, STAGE, versions,
+                        {"refresh": OmegaConf.to_container(r, resolve=True)}, keep=max(1, r.keep_versions))
+        with release.publish() as out:
             out.manifest.update({"versions": versions, "metrics": metrics, "counts": counts,
                                  "previous": prev["version"] if prev else None})
         prune(run_dir, max(1, r.keep_versions))

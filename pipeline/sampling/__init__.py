@@ -31,7 +31,8 @@ from pipeline.errors import PipelineError
 from pipeline.ingest import read_graph
 from pipeline.io import schemas, versioned
 from pipeline.io.arrays import dense_neighbors
-from pipeline.io.code import code_version
+from pipeline.io.manifests import GraphManifest, SplitManifest
+from pipeline.io.stage import Stage
 from pipeline.sampling import batches as batching
 from pipeline.sampling import incremental, join_mode, memory_mode, new_items, pairs as pairing, split as splitting
 from pipeline.sampling import ppr
@@ -91,30 +92,23 @@ def _validate(cfg) -> None:
 
 
 class Stages:
-    """Publish-or-reuse bookkeeping shared by the four stages."""
+    """The four stages' runners, and what each published or reused."""
 
     def __init__(self, run_dir: str, *, force: bool = False, keep: int = 3,
                  result: SampleResult | None = None):
         self.run_dir, self.force, self.keep = run_dir, force, keep
         self.result = result or SampleResult()
 
-    def fingerprint(self, stage: str, inputs: dict[str, str], params: dict) -> str:
-        return versioned.fingerprint({"code": code_version(__name__), "stage": stage,
-                                      "inputs": inputs, "params": params})
+    def stage(self, name: str, inputs: dict[str, str], params: dict) -> Stage:
+        return Stage(self.run_dir, name, inputs, params, keep=self.keep, force=self.force)
 
-    def reuse(self, stage: str, fp: str) -> bool:
-        found = versioned.find_matching(self.run_dir, stage, fp)
-        if found and not self.force:
-            self.result.versions[stage] = found
-            self.result.counts[stage] = versioned.read_manifest(self.run_dir, stage, found)["counts"]
-            self.result.reused.append(stage)
-            log.info("%s/%s already built from these inputs; reusing it", stage, found)
-            return True
-        return False
-
-    def publish(self, stage: str, fp: str, inputs: dict[str, str], params: dict):
-        return versioned.publish(self.run_dir, stage, fp, config=params, inputs=inputs,
-                                 keep=self.keep)
+    def reuse(self, stage: Stage) -> bool:
+        found = stage.reusable()
+        if found:
+            self.result.versions[stage.name] = found
+            self.result.counts[stage.name] = stage.manifest(found)["counts"]
+            self.result.reused.append(stage.name)
+        return found is not None
 
     def done(self, stage: str, out, counts: dict) -> None:
         self.result.versions[stage] = out.version
@@ -172,12 +166,13 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
     window = hard_window(n_items, s.hard_window[0], s.hard_window[1], s.num_neighbors)
     params = neighbor_params(s, seed)
     inputs = {"split": split_version}
-    fp = st.fingerprint("neighbors", inputs, params)
-    if st.reuse("neighbors", fp):
+    stage = st.stage("neighbors", inputs, params)
+    if st.reuse(stage):
         return st.result.versions["neighbors"]
     t0 = time.perf_counter()
     edges_dir = str(versioned.resolve(st.run_dir, "split", split_version) / "train_edges")
-    plan, why = (incremental.plan(st.run_dir, neighbors_from, split_version, params, window,
+    plan, why = (incremental.plan(st.run_dir, neighbors_from, split_version, params,
+                                  stage.code_hashes, window,
                                   n_items, n_nodes, bipartite) if neighbors_from else (None, ""))
     if why:
         log.info("ranking every item: cannot reuse neighbors/%s: %s", neighbors_from, why)
@@ -196,7 +191,7 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
     else:
         train_edges = spark.read.schema(schemas.EDGES).parquet(edges_dir)
         ranked = join_mode.sample(spark, train_edges, n_items, bipartite, **kw)
-    with st.publish("neighbors", fp, inputs, {**params, "mode": s.mode}) as out:
+    with stage.publish() as out:
         # Two tables come from one propagation: write it once, then split the
         # columns (a Parquet column read is far cheaper than computing twice or caching).
         walked_dir = str(out.path / "walked")
@@ -246,8 +241,7 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
     return out.version
 
 
-def _publish_split(spark: SparkSession, st: Stages, cfg, edges: DataFrame, graph_version: str,
-                   graph_manifest: dict, n_items: int, bipartite: bool,
+def _publish_split(spark: SparkSession, st: Stages, cfg, edges: DataFrame, graph: GraphManifest,
                    source: tuple[str, str] | None) -> None:
     """Publish ``split``: the protocol's held-out rows, or the inductive view of ``source``'s."""
     ev, seed = cfg.eval, int(cfg.seed)
@@ -256,12 +250,12 @@ def _publish_split(spark: SparkSession, st: Stages, cfg, edges: DataFrame, graph
         if ev.protocol == new_items.PROTOCOL:
             params.update(new_item_fraction=ev.new_item_fraction,
                           new_item_min_degree=ev.new_item_min_degree)
-        inputs = {"graph": graph_version}
+        inputs = {"graph": graph.version}
     else:
         params = {"view": "inductive", "seed": seed}
-        inputs = {"graph": graph_version, "source_split": source[1]}
-    fp = st.fingerprint("split", inputs, params)
-    if st.reuse("split", fp):
+        inputs = {"graph": graph.version, "source_split": source[1]}
+    stage = st.stage("split", inputs, params)
+    if st.reuse(stage):
         return
     t0 = time.perf_counter()
     new = None
@@ -271,22 +265,24 @@ def _publish_split(spark: SparkSession, st: Stages, cfg, edges: DataFrame, graph
             spark.read.schema(schemas.EDGES).parquet(str(src_dir / "train_edges")),
             spark.read.schema(schemas.HOLDOUT).parquet(str(src_dir / "holdout")),
             spark.read.schema(schemas.NEW_ITEMS).parquet(str(src_dir / new_items.TABLE)))
-        protocol = versioned.read_manifest(source[0], "split", source[1])["base_protocol"]
+        protocol = SplitManifest.read(source[0], source[1]).base_protocol
     elif ev.protocol == new_items.PROTOCOL:
         has_time = edges.where(F.col("time").isNotNull()).limit(1).count() > 0
         protocol = new_items.base_protocol(has_time)
-        train, held = splitting.split_edges(edges, protocol, bipartite, seed, ev.holdout_fraction)
-        new = new_items.choose(train, n_items, bipartite, seed, ev.new_item_fraction,
+        train, held = splitting.split_edges(edges, protocol, graph.bipartite, seed,
+                                            ev.holdout_fraction)
+        new = new_items.choose(train, graph.n_items, graph.bipartite, seed, ev.new_item_fraction,
                                ev.new_item_min_degree)
     else:
         protocol = ev.protocol
-        train, held = splitting.split_edges(edges, protocol, bipartite, seed, ev.holdout_fraction)
-    with st.publish("split", fp, inputs, params) as out:
+        train, held = splitting.split_edges(edges, protocol, graph.bipartite, seed,
+                                            ev.holdout_fraction)
+    with stage.publish() as out:
         train.orderBy("src", "dst").write.parquet(out.table_path("train_edges"))
         held.orderBy("kind", "user").coalesce(1).write.parquet(out.table_path("holdout"))
         by_kind = {r["kind"]: r["count"] for r in spark.read.parquet(out.table_path("holdout"))
                    .groupBy("kind").count().collect()}
-        counts = {"edges_in": graph_manifest["counts"]["edges_out"],
+        counts = {"edges_in": graph.edges,
                   "train_edges": spark.read.parquet(out.table_path("train_edges")).count(),
                   "validation": by_kind.get("validation", 0), "test": by_kind.get("test", 0),
                   "seconds": round(time.perf_counter() - t0, 2)}
@@ -302,6 +298,77 @@ def _publish_split(spark: SparkSession, st: Stages, cfg, edges: DataFrame, graph
             manifest.update(view="inductive", source_split=source[1])
         out.manifest.update({"counts": counts, "schema": schema, **manifest})
     st.done("split", out, counts)
+
+
+def _publish_pairs(spark: SparkSession, st: Stages, s, seed: int, train_edges: DataFrame,
+                   ranked: DataFrame, bipartite: bool) -> None:
+    """Publish ``pairs``: positive pairs from co-engagement, and each query's hard candidates."""
+    result = st.result
+    has_time = train_edges.where(F.col("time").isNotNull()).limit(1).count() > 0
+    pair_params = {"pair_window": s.pair_window, "repeat_pairs": s.repeat_pairs, "seed": seed}
+    inputs = {"split": result.versions["split"], "neighbors": result.versions["neighbors"]}
+    stage = st.stage("pairs", inputs, pair_params)
+    if not st.reuse(stage):
+        pairs, how = pairing.build_pairs(train_edges, bipartite=bipartite, has_time=has_time,
+                                         window=s.pair_window, seed=seed, repeat=s.repeat_pairs)
+        with stage.publish() as out:
+            pairs.orderBy("query", "positive").write.parquet(out.table_path("pairs"))
+            written = spark.read.parquet(out.table_path("pairs"))
+            pairing.hard_negatives(written, ranked).orderBy("query").write.parquet(
+                out.table_path("hard_negatives"))
+            hard = spark.read.parquet(out.table_path("hard_negatives"))
+            counts = {"pairs": written.count(), "queries": hard.count(),
+                      "avg_hard_candidates": round(float(
+                          hard.agg(F.avg(F.size("candidates"))).first()[0] or 0), 3)}
+            out.manifest.update({"counts": counts, "how": how, "schema": {
+                "pairs": schemas.describe(schemas.PAIRS),
+                "hard_negatives": schemas.describe(schemas.HARD_NEGATIVES)}})
+        st.done("pairs", out, counts)
+
+
+def _publish_batches(spark: SparkSession, st: Stages, cfg, nodes: DataFrame, neighbors: DataFrame,
+                     n_items: int) -> None:
+    """Publish ``batches``: minibatches holding their K-layer computation graphs.
+
+    Hard candidates travel (through the whole computation graph) only when the
+    curriculum uses them, so the stage depends on whether train.max_hard_negatives > 0.
+    """
+    s, seed, result = cfg.sample, int(cfg.seed), st.result
+    pairs_dir = versioned.check_version(st.run_dir, "pairs", result.versions["pairs"])
+    hard_candidates = s.num_hard if cfg.train.max_hard_negatives > 0 else 0
+    batch_params = {"batch_size": s.batch_size, "val_fraction": s.val_fraction,
+                    "easy_negatives": s.easy_negatives, "negative_power": s.negative_power,
+                    "hard_candidates": hard_candidates, "batches_per_file": s.batches_per_file,
+                    "num_layers": cfg.model.num_layers, "seed": seed}
+    inputs = {"pairs": result.versions["pairs"], "neighbors": result.versions["neighbors"]}
+    stage = st.stage("batches", inputs, batch_params)
+    if not st.reuse(stage):
+        nbr, w = dense_neighbors(neighbors.toArrow(), n_items, s.num_neighbors)
+        pairs = spark.read.parquet(str(pairs_dir / "pairs"))
+        specs = batching.assign(pairs, spark.read.parquet(str(pairs_dir / "hard_negatives"))
+                                if hard_candidates else None,
+                                seed=seed, batch_size=s.batch_size, val_fraction=s.val_fraction)
+        weights = batching.item_weights(pairs, nodes, nbr, power=s.negative_power, seed=seed,
+                                        val_fraction=s.val_fraction)
+        with stage.publish() as out:
+            Path(out.table_path("item_weights")).mkdir()
+            pq.write_table(weights, Path(out.table_path("item_weights")) / "part-00000.parquet")
+            counts = {}
+            for split_name, spec in specs.items():
+                rows = batching.build(spark, spec, split_name, nbr, w,
+                                      weights.column("weight").to_numpy(),
+                                      num_layers=cfg.model.num_layers,
+                                      easy_negatives=s.easy_negatives, seed=seed)
+                n_batches = spec.count()
+                _write(rows, out.table_path(split_name), "batch", s.batches_per_file, n_batches)
+                counts[f"{split_name}_batches"] = n_batches
+            counts.update(num_layers=cfg.model.num_layers, easy_negatives=s.easy_negatives,
+                          hard_candidates=hard_candidates,
+                          negative_items=int((weights.column("weight").to_numpy() > 0).sum()))
+            out.manifest.update({"counts": counts, "schema": {
+                **{sp: schemas.describe(schemas.BATCHES) for sp in batching.SPLITS},
+                "item_weights": schemas.describe(schemas.ITEM_WEIGHTS)}})
+        st.done("batches", out, counts)
 
 
 def run_sample(spark: SparkSession, cfg, *, neighbors_from: str | None = None,
@@ -321,17 +388,15 @@ def _sample(spark: SparkSession, cfg, neighbors_from: str | None, training: bool
     """``source``: ``(run_dir, split version)`` whose inductive view this run samples."""
     _validate(cfg)
     s, run_dir, seed = cfg.sample, cfg.run_dir, int(cfg.seed)
-    nodes, edges, graph_manifest = read_graph(spark, run_dir)
-    graph_version = graph_manifest["version"]
-    n_items = int(graph_manifest["counts"]["nodes"].get(schemas.ITEM, 0))
-    n_nodes = int(graph_manifest["counts"]["nodes_out"])
-    bipartite = bool(graph_manifest["bipartite"])
+    nodes, edges, raw = read_graph(spark, run_dir)
+    graph = GraphManifest.read(run_dir, raw["version"])
+    n_items, n_nodes, bipartite = graph.n_items, graph.n_nodes, graph.bipartite
     st = Stages(run_dir, force=cfg.force, keep=cfg.keep_versions)
     result = st.result
     partitions = s.partitions or 2 * spark.sparkContext.defaultParallelism
 
     # 1. Evaluation split, before anything sees the edges.
-    _publish_split(spark, st, cfg, edges, graph_version, graph_manifest, n_items, bipartite, source)
+    _publish_split(spark, st, cfg, edges, graph, source)
     split_dir = versioned.check_version(run_dir, "split", result.versions["split"])
     train_edges = spark.read.schema(schemas.EDGES).parquet(str(split_dir / "train_edges"))
 
@@ -347,65 +412,9 @@ def _sample(spark: SparkSession, cfg, neighbors_from: str | None, training: bool
     ranked = neighbors.join(spark.read.parquet(str(nb_dir / "hard_candidates")), "node")
 
     # 3. Positive pairs and hard negatives.
-    has_time = train_edges.where(F.col("time").isNotNull()).limit(1).count() > 0
-    pair_params = {"pair_window": s.pair_window, "repeat_pairs": s.repeat_pairs, "seed": seed}
-    inputs = {"split": result.versions["split"], "neighbors": result.versions["neighbors"]}
-    fp = st.fingerprint("pairs", inputs, pair_params)
-    if not st.reuse("pairs", fp):
-        pairs, how = pairing.build_pairs(train_edges, bipartite=bipartite, has_time=has_time,
-                                         window=s.pair_window, seed=seed, repeat=s.repeat_pairs)
-        with st.publish("pairs", fp, inputs, pair_params) as out:
-            pairs.orderBy("query", "positive").write.parquet(out.table_path("pairs"))
-            written = spark.read.parquet(out.table_path("pairs"))
-            pairing.hard_negatives(written, ranked).orderBy("query").write.parquet(
-                out.table_path("hard_negatives"))
-            hard = spark.read.parquet(out.table_path("hard_negatives"))
-            counts = {"pairs": written.count(), "queries": hard.count(),
-                      "avg_hard_candidates": round(float(
-                          hard.agg(F.avg(F.size("candidates"))).first()[0] or 0), 3)}
-            out.manifest.update({"counts": counts, "how": how, "schema": {
-                "pairs": schemas.describe(schemas.PAIRS),
-                "hard_negatives": schemas.describe(schemas.HARD_NEGATIVES)}})
-        st.done("pairs", out, counts)
-    pairs_dir = versioned.check_version(run_dir, "pairs", result.versions["pairs"])
-
-    # 4. Minibatches with their K-layer computation graphs. Hard candidates
-    # travel (through the whole computation graph) only when the curriculum
-    # uses them, so the stage depends on whether train.max_hard_negatives > 0.
-    hard_candidates = s.num_hard if cfg.train.max_hard_negatives > 0 else 0
-    batch_params = {"batch_size": s.batch_size, "val_fraction": s.val_fraction,
-                    "easy_negatives": s.easy_negatives, "negative_power": s.negative_power,
-                    "hard_candidates": hard_candidates, "batches_per_file": s.batches_per_file,
-                    "num_layers": cfg.model.num_layers, "seed": seed}
-    inputs = {"pairs": result.versions["pairs"], "neighbors": result.versions["neighbors"]}
-    fp = st.fingerprint("batches", inputs, batch_params)
-    if not st.reuse("batches", fp):
-        nbr, w = dense_neighbors(neighbors.toArrow(), n_items, s.num_neighbors)
-        pairs = spark.read.parquet(str(pairs_dir / "pairs"))
-        specs = batching.assign(pairs, spark.read.parquet(str(pairs_dir / "hard_negatives"))
-                                if hard_candidates else None,
-                                seed=seed, batch_size=s.batch_size, val_fraction=s.val_fraction)
-        weights = batching.item_weights(pairs, nodes, nbr, power=s.negative_power, seed=seed,
-                                        val_fraction=s.val_fraction)
-        with st.publish("batches", fp, inputs, batch_params) as out:
-            Path(out.table_path("item_weights")).mkdir()
-            pq.write_table(weights, Path(out.table_path("item_weights")) / "part-00000.parquet")
-            counts = {}
-            for split_name, spec in specs.items():
-                rows = batching.build(spark, spec, split_name, nbr, w,
-                                      weights.column("weight").to_numpy(),
-                                      num_layers=cfg.model.num_layers,
-                                      easy_negatives=s.easy_negatives, seed=seed)
-                n_batches = spec.count()
-                _write(rows, out.table_path(split_name), "batch", s.batches_per_file, n_batches)
-                counts[f"{split_name}_batches"] = n_batches
-            counts.update(num_layers=cfg.model.num_layers, easy_negatives=s.easy_negatives,
-                          hard_candidates=hard_candidates,
-                          negative_items=int((weights.column("weight").to_numpy() > 0).sum()))
-            out.manifest.update({"counts": counts, "schema": {
-                **{sp: schemas.describe(schemas.BATCHES) for sp in batching.SPLITS},
-                "item_weights": schemas.describe(schemas.ITEM_WEIGHTS)}})
-        st.done("batches", out, counts)
+    _publish_pairs(spark, st, s, seed, train_edges, ranked, bipartite)
+    # 4. Minibatches with their K-layer computation graphs.
+    _publish_batches(spark, st, cfg, nodes, neighbors, n_items)
     spark.catalog.clearCache()
     if source is None and cfg.eval.protocol == new_items.PROTOCOL:
         # The model trains on the inductive view; this run's pairs and minibatches

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 
 from pipeline.ingest import numbered_from
 from pipeline.io import versioned
+from pipeline.io.manifests import GraphManifest, NeighborsManifest, SplitManifest
 from pipeline.sampling import ppr
 
 log = logging.getLogger(__name__)
@@ -50,27 +51,30 @@ def _edges(run_dir: str, split_version: str) -> tuple[np.ndarray, np.ndarray, np
             t.column("weight").to_numpy().astype(np.float32))
 
 
-def plan(run_dir: str, previous: str, split_version: str, params: dict, window: tuple,
-         n_items: int, n_nodes: int, bipartite: bool) -> tuple[Plan | None, str]:
+def plan(run_dir: str, previous: str, split_version: str, params: dict, code: dict[str, str],
+         window: tuple, n_items: int, n_nodes: int, bipartite: bool) -> tuple[Plan | None, str]:
     """Items to rank again from ``previous`` (a ``neighbors`` version), or ``(None, reason)``.
 
-    ``params``: :func:`pipeline.sampling.neighbor_params`, which must all match.
+    ``params``: :func:`pipeline.sampling.neighbor_params`, which must all match, as must
+    ``code`` (the stage's source hashes).
     """
     try:
-        prev = versioned.read_manifest(run_dir, "neighbors", previous)
-        prev_split = prev["inputs"]["split"]
-        prev_graph = versioned.read_manifest(run_dir, "split", prev_split)["inputs"]["graph"]
-        graph = versioned.read_manifest(run_dir, "split", split_version)["inputs"]["graph"]
-        pg = versioned.read_manifest(run_dir, "graph", prev_graph)
+        prev = NeighborsManifest.read(run_dir, previous)
+        prev_split = prev.split
+        prev_graph = SplitManifest.read(run_dir, prev_split).graph
+        graph = SplitManifest.read(run_dir, split_version).graph
+        pg = GraphManifest.read(run_dir, prev_graph)
     except (versioned.StageNotFound, FileNotFoundError, KeyError) as e:
         return None, f"previous neighbors/{previous} or its inputs are gone ({e})"
-    if any(prev["config"].get(k) != v for k, v in params.items()):
+    if any(prev.params.get(k) != v for k, v in params.items()):
         return None, "neighbourhood parameters changed"
-    if list(prev["counts"]["hard_window_ranks"]) != list(window):
+    if prev.code != code:
+        return None, "the code that ranks neighbourhoods changed"
+    if list(prev.hard_window_ranks) != list(window):
         return None, "the hard-negative window moved with the catalogue size"
-    if bool(pg["bipartite"]) != bipartite or not numbered_from(run_dir, graph, prev_graph):
+    if pg.bipartite != bipartite or not numbered_from(run_dir, graph, prev_graph):
         return None, f"graph/{graph} is not numbered from graph/{prev_graph}"
-    old_items = int(pg["counts"]["nodes"].get("item", 0))
+    old_items = pg.n_items
     if old_items > n_items:
         return None, "fewer item slots than before"
     shift = n_items - old_items
@@ -80,7 +84,7 @@ def plan(run_dir: str, previous: str, split_version: str, params: dict, window: 
         return None, "the edge weights are quantised on another scale"
     if bipartite:
         o_src = o_src + shift   # users follow the item slots
-    size = np.int64(max(n_nodes, int(pg["counts"]["nodes_out"]) + shift, 1))
+    size = np.int64(max(n_nodes, pg.n_nodes + shift, 1))
     o_key, n_key = o_src * size + o_dst, n_src * size + n_dst
     common, oi, ni = np.intersect1d(o_key, n_key, assume_unique=True, return_indices=True)
     reweighted = common[o_w[oi] != n_w[ni]]

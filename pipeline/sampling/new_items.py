@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
+from pipeline.io.manifests import SplitManifest
 from pipeline.sampling.split import unit_hash
 
 PROTOCOL = "new_items"
@@ -69,7 +70,7 @@ def inductive_dir(run_dir: str) -> str:
 
 
 def is_inductive(run_dir: str, split_version: str) -> bool:
-    return versioned.read_manifest(run_dir, "split", split_version).get("protocol") == PROTOCOL
+    return SplitManifest.read(run_dir, split_version).protocol == PROTOCOL
 
 
 def read(run_dir: str, split_version: str) -> np.ndarray:
@@ -97,8 +98,7 @@ def training_view(run_dir: str, inductive: bool = True) -> TrainingView:
         return TrainingView(run_dir, None, np.empty(0, np.int64))
     sub = str(Path(run_dir) / INDUCTIVE_DIR)
     sub_split = versioned.latest_version(sub, "split") if Path(sub).is_dir() else None
-    if sub_split is None or versioned.read_manifest(sub, "split", sub_split).get(
-            "source_split") != split:
+    if sub_split is None or SplitManifest.read(sub, sub_split).source_split != split:
         raise PipelineError(f"training: the inductive view of split/{split} is missing from "
                             f"{sub}; run jobs/sample.py first")
     return TrainingView(sub, split, read(run_dir, split))
