@@ -52,6 +52,12 @@ NEIGHBORS = StructType([
     StructField("weights", ArrayType(FloatType(), False), False),
 ])
 
+# Each item's ranked hard-negative candidates (stage `neighbors`, beside NEIGHBORS).
+HARD_CANDIDATES = StructType([
+    StructField("node", LongType(), False),
+    StructField("hard", ArrayType(LongType(), False), False),
+])
+
 # Training pairs and hard-negative candidates (stage `pairs`).
 PAIRS = StructType([
     StructField("query", LongType(), False),

@@ -172,12 +172,15 @@ def check_parquet(path: str | os.PathLike) -> int:
 
 
 def check_version(run_dir: str | os.PathLike, stage: str, version: str | None = None) -> Path:
-    """:func:`resolve`, then :func:`check_parquet` on the version's tables."""
+    """:func:`resolve`, then :func:`check_parquet` on the version's tables, then their
+    schemas against the declared ones (:func:`pipeline.io.table_check.check_tables`)."""
     path = resolve(run_dir, stage, version)
     try:
         check_parquet(path)
     except CorruptFile as e:
         raise CorruptFile(f"{stage}/{path.name}: {e}; rebuild the stage (force=true)") from None
+    from pipeline.io.table_check import check_tables   # pyarrow and Spark's types, when read
+    check_tables(path, stage)
     return path
 
 
