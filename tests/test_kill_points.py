@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,8 +136,9 @@ def test_sigkill_during_a_checkpoint_write(spark, make_cfg, tmp_path):
     for name in ("straight", "killed"):
         overrides = (*_data(src), f"run_dir={tmp_path / name}", *TRAIN)
         runs[name] = (make_cfg(*overrides), overrides)
-        run_ingest(spark, runs[name][0])
-        run_sample(spark, runs[name][0])
+    run_ingest(spark, runs["straight"][0])
+    run_sample(spark, runs["straight"][0])
+    shutil.copytree(tmp_path / "straight", tmp_path / "killed")      # the same inputs
     straight, (killed, overrides) = run_train(runs["straight"][0]), runs["killed"]
     assert straight.history[0]["steps"] > 7
     proc = subprocess.run([sys.executable, "-c", KILLED_TRAINER, *overrides], cwd=ROOT,
