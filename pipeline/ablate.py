@@ -113,9 +113,9 @@ def run_ablate(spark: SparkSession, cfg) -> AblationResult:
             ranks[name], models[name] = ranks[done[fp]], models[done[fp]]
             continue
         done[fp] = name
-        (matrix, shift), models[name] = _embed_row(spark, row, name)
-        top = M.only_items(baselines.embedding_topk(matrix, uniq, ks[-1], data.live, shift),
-                           data.live)
+        (matrix, query_vectors), models[name] = _embed_row(spark, row, name)
+        top = M.only_items(
+            baselines.embedding_topk(matrix, uniq, ks[-1], data.live, query_vectors), data.live)
         ranks[name] = M.target_ranks(top[inverse], data.targets)
         log.info("ablation %s: %s", name, M.summarize(ranks[name], ks))
 

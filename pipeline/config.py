@@ -127,6 +127,9 @@ class ModelConfig:
            "validation")
     item_bias: bool = setting(
         True, "learned query shift u: score = cos(q, c) + u.z_c, a per-item (popularity) bias")
+    query_offsets: bool = setting(
+        True, "learned per-item query offset o_q: score = (z_q + o_q + u).z_c, a directed "
+              "relation (what follows q), as word2vec's input vectors")
 
 
 @dataclass
@@ -154,6 +157,8 @@ class TrainConfig:
         4, "producer queue depth; 0 = synchronous loading (read, gather, compute in turn)")
     num_workers: int = setting(1, "producer threads loading minibatches")
     checkpoint_every: int = setting(50, "steps between checkpoints; also one at every epoch end")
+    log_every: int = setting(50, "steps between reads of the losses from the device (progress "
+                                 "bar, TensorBoard); also one at every epoch end")
     resume: bool = setting(False, "continue from this run's latest checkpoint")
     device: str = setting("auto", "auto (cuda when available) | cpu | cuda")
     val_k: int = setting(10, "K of the validation hit-rate@K on the split's validation pairs")

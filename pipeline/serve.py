@@ -15,21 +15,19 @@ import pyarrow.parquet as pq
 from pipeline.errors import PipelineError
 from pipeline.evaluate.index import INDEX_FILE, ITEMS_TABLE, STAGE, search_vectors
 from pipeline.io import versioned
+from pipeline.io.embeddings import vectors
 
 
 @functools.lru_cache(maxsize=4)
 def _open(run_dir: str, version: str
-          ) -> tuple[faiss.Index, np.ndarray, dict[str, int], np.ndarray | None]:
-    """A published index, its row ids, id -> row and the query shift; cached (versions never
-    change)."""
+          ) -> tuple[faiss.Index, np.ndarray, dict[str, int], np.ndarray]:
+    """A published index, its row ids, id -> row and the rows' query vectors; cached
+    (versions never change)."""
     path = versioned.resolve(run_dir, STAGE, version)
     index = faiss.read_index(str(path / INDEX_FILE))
-    if isinstance(index, faiss.IndexIVF):
-        index.make_direct_map()  # lets reconstruct() find a row's vector
-    ids = np.asarray(pq.read_table(path / ITEMS_TABLE).column("id").to_pylist(), dtype=object)
-    shift = versioned.read_manifest(run_dir, STAGE, version).get("query_shift")
-    return (index, ids, {v: i for i, v in enumerate(ids)},
-            None if shift is None else np.asarray(shift, np.float32))
+    items = pq.read_table(path / ITEMS_TABLE)
+    ids = np.asarray(items.column("id").to_pylist(), dtype=object)
+    return index, ids, {v: i for i, v in enumerate(ids)}, vectors(items.column("query"))
 
 
 def similar_items(run_dir: str | os.PathLike, ids, k: int = 10, version: str | None = None
@@ -44,7 +42,7 @@ def similar_items(run_dir: str | os.PathLike, ids, k: int = 10, version: str | N
     if k < 1:
         raise PipelineError(f"k must be >= 1, got {k}")
     path = versioned.resolve(run_dir, STAGE, version or versioned.served_version(run_dir, STAGE))
-    index, row_ids, row_of, shift = _open(str(run_dir), path.name)
+    index, row_ids, row_of, query_vectors = _open(str(run_dir), path.name)
     wanted = [str(i) for i in ids]
     missing = [i for i in wanted if i not in row_of]
     if missing:
@@ -53,9 +51,7 @@ def similar_items(run_dir: str | os.PathLike, ids, k: int = 10, version: str | N
     rows = np.asarray([row_of[i] for i in wanted], dtype=np.int64)
     if not len(rows):
         return [], np.zeros((0, k), np.float32)
-    vectors = index.reconstruct_batch(rows)
-    if shift is not None:   # an item searches with its shifted vector (PinSage.query)
-        vectors = vectors + shift
-    kept, scores = search_vectors(index, vectors, rows, k)
+    # An item searches with its query vector (PinSage.query), not its indexed one.
+    kept, scores = search_vectors(index, query_vectors[rows], rows, k)
     scores[kept < 0] = np.nan
     return [[row_ids[r] for r in row if r >= 0] for row in kept], scores

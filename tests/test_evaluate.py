@@ -211,15 +211,17 @@ def _write_graph(path, n_users=50, n_items=40, per_user=8, seed=0):
     return path
 
 
-def publish_embeddings(run_dir, matrix, ids, inputs, query_shift=None):
-    """A stand-in for the inference stage: an `embeddings` stage of the EMBEDDINGS schema."""
+def publish_embeddings(run_dir, matrix, ids, inputs, queries=None):
+    """A stand-in for the inference stage: an `embeddings` stage of the EMBEDDINGS schema
+    (items search with ``queries``, by default their own embeddings)."""
+    queries = matrix if queries is None else queries
     with versioned.publish(run_dir, "embeddings", versioned.fingerprint([inputs, matrix.sum()]),
                            inputs=inputs) as out:
-        out.manifest["query_shift"] = None if query_shift is None else list(map(float, query_shift))
         (out.path / "embeddings").mkdir()
         pq.write_table(pa.table({"node": pa.array(np.arange(len(matrix)), pa.int64()),
                                  "id": pa.array(ids, pa.string()),
-                                 "embedding": pa.array(list(matrix), pa.list_(pa.float32()))}),
+                                 "embedding": pa.array(list(matrix), pa.list_(pa.float32())),
+                                 "query": pa.array(list(queries), pa.list_(pa.float32()))}),
                        out.path / "embeddings" / "part-0.parquet")
     return out.version
 
@@ -429,22 +431,28 @@ def test_every_method_is_scored_on_the_same_rows(small_run, monkeypatch):
     assert all(np.array_equal(targets, scored[0][1]) for _, targets in scored)
 
 
-def test_a_query_shift_moves_queries_not_candidates(small_run, tmp_path):
-    """With model.item_bias, every search ranks candidates by (z_q + u).z_c, exactly."""
+def test_query_vectors_move_queries_not_candidates(small_run, tmp_path):
+    """Items search with their query vectors (z_q + o_q + u: model.query_offsets,
+    model.item_bias): every search ranks candidates by (z_q + o_q + u).z_c, exactly."""
     cfg, _, _ = small_run
     matrix = _unit(40, 8, seed=11)
     ids = [f"m{i}" for i in range(40)]
     shift = 3.0 * matrix[7] + 2.0 * matrix[12]          # a strong pull towards items 7 and 12
-    version = publish_embeddings(str(tmp_path), matrix, ids, {}, query_shift=shift)
+    offsets = np.zeros_like(matrix)
+    offsets[20] = 4.0 * matrix[33]                      # item 20 alone points at item 33
+    query_vectors = (matrix + offsets + shift).astype(np.float32)
+    version = publish_embeddings(str(tmp_path), matrix, ids, {}, queries=query_vectors)
     emb = read_embeddings(str(tmp_path), version)
-    np.testing.assert_array_equal(emb.query_shift, shift.astype(np.float32))
+    np.testing.assert_array_equal(emb.queries, query_vectors)
+    np.testing.assert_array_equal(emb.matrix, matrix)
     queries = np.array([0, 7, 20, 39])
     ann.publish_index(str(tmp_path), OmegaConf.merge(cfg.eval, {"index": "hnsw"}), version,
                       queries)
-    top = baselines.embedding_topk(emb.matrix, queries, 5, shift=emb.query_shift)
+    top = baselines.embedding_topk(emb.matrix, queries, 5, query_vectors=emb.queries)
     got, scores = similar_items(str(tmp_path), [ids[q] for q in queries], k=5)
+    assert 33 in top[2]                                   # the offset's target comes up
     for q, exact_row, served, s in zip(queries, top, got, scores):
-        sims = matrix @ (matrix[q] + shift)
+        sims = matrix @ (matrix[q] + offsets[q] + shift)
         sims[q] = -np.inf
         expect = np.argsort(-sims)[:5]
         assert list(exact_row) == list(expect)

@@ -67,9 +67,12 @@ def publish_graph(run_dir: str, features: np.ndarray, neighbors: pa.Table,
                            inputs={"id_map": id_map} if id_map else {}) as out:
         Path(out.table_path("nodes")).mkdir()
         pq.write_table(nodes, Path(out.table_path("nodes")) / "part-0.parquet")
-        out.manifest["counts"] = {"feature_dim": FEATURE_DIM, "nodes": {"item": n, "user": USERS}}
-    with versioned.publish(run_dir, "neighbors", f"n{n}-{id_map}",
-                           config={"num_neighbors": T}) as out:
+        out.manifest.update(bipartite=True, counts={
+            "feature_dim": FEATURE_DIM, "nodes": {"item": n, "user": USERS},
+            "nodes_out": n + USERS, "edges_out": 0})
+    with versioned.publish(run_dir, "neighbors", f"n{n}-{id_map}", config={"num_neighbors": T},
+                           inputs={"split": "none"}) as out:
+        out.manifest["counts"] = {"hard_window_ranks": [0, 0]}
         Path(out.table_path("neighbors")).mkdir()
         pq.write_table(neighbors, Path(out.table_path("neighbors")) / "part-0.parquet")
 
@@ -85,7 +88,8 @@ def publish_inputs(run_dir: str, model: PinSage, features: np.ndarray, neighbors
                                  "hidden_dim": model.hidden_dim, "aggregator": model.aggregator,
                                  "id_embedding": id_embedding, "id_buckets": 11,
                                  "head_layers": model.head_layers,
-                                 "item_bias": model.item_bias}
+                                 "item_bias": model.item_bias,
+                                 "query_offsets": model.query_offset is not None}
 
 
 def reference(model: PinSage, features: np.ndarray, neighbors: pa.Table) -> np.ndarray:
@@ -96,20 +100,24 @@ def reference(model: PinSage, features: np.ndarray, neighbors: pa.Table) -> np.n
 
 
 def setup(make_cfg, agg: str, num_layers: int = 2, id_embedding: str = "on", *overrides: str,
-          hidden: int = HIDDEN, head_layers: int = 0, item_bias: bool = False):
+          hidden: int = HIDDEN, head_layers: int = 0, item_bias: bool = False,
+          query_offsets: bool = False):
     torch.manual_seed(1)
     model = PinSage(FEATURE_DIM, hidden, num_layers, agg, num_items=TRAINED,
                     id_embedding=id_embedding, id_buckets=11, head_layers=head_layers,
-                    item_bias=item_bias).eval()
-    if item_bias:
-        with torch.no_grad():
+                    item_bias=item_bias, query_offsets=query_offsets).eval()
+    with torch.no_grad():
+        if item_bias:
             model.query_shift.normal_()
+        if query_offsets:
+            model.query_offset.weight.normal_()
     features, neighbors = synthetic()
     # Small Arrow batches, so that parcels come from several batches per task and
     # each reduce partition combines its nodes in several chunks.
     cfg = make_cfg(f"model.aggregator={agg}", f"model.num_layers={num_layers}",
                    f"model.hidden_dim={hidden}", f"model.id_embedding={id_embedding}",
                    f"model.head_layers={head_layers}", f"model.item_bias={item_bias}",
+                   f"model.query_offsets={query_offsets}",
                    "infer.batch_rows=13", "infer.partitions=3",
                    *overrides)
     publish_inputs(cfg.run_dir, model, features, neighbors, id_embedding)
@@ -142,15 +150,23 @@ def test_depths_ids_and_head(spark, make_cfg, num_layers, id_embedding, head_lay
                                             head_layers=head_layers)
     emb = read_embeddings(cfg.run_dir, run_infer(spark, cfg).version)
     np.testing.assert_allclose(emb.matrix, reference(model, features, neighbors), rtol=0, atol=1e-5)
-    assert emb.query_shift is None
+    np.testing.assert_array_equal(emb.queries, emb.matrix)    # no offsets, no shift
 
 
-def test_item_bias_publishes_the_query_shift(spark, make_cfg):
-    """Candidates keep the model's embeddings; the learned shift travels in the manifest."""
-    cfg, model, features, neighbors = setup(make_cfg, "importance", item_bias=True)
+def test_published_query_vectors(spark, make_cfg):
+    """Candidates keep the model's embeddings; each item searches with z + o + u
+    (model.query_offsets, model.item_bias), exactly as PinSage.query computes it from
+    the published embedding; items added after training get no offset."""
+    cfg, model, features, neighbors = setup(make_cfg, "importance", item_bias=True,
+                                            query_offsets=True)
     emb = read_embeddings(cfg.run_dir, run_infer(spark, cfg).version)
     np.testing.assert_allclose(emb.matrix, reference(model, features, neighbors), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(emb.query_shift, model.query_shift.detach().numpy(), rtol=0, atol=0)
+    with torch.no_grad():
+        expect = model.query(torch.from_numpy(emb.matrix), torch.arange(N_ITEMS)).numpy()
+    np.testing.assert_array_equal(emb.queries, expect)
+    u = model.query_shift.detach().numpy()
+    np.testing.assert_array_equal(emb.queries[TRAINED:], emb.matrix[TRAINED:] + u)
+    assert not np.allclose(emb.queries[:TRAINED], emb.matrix[:TRAINED] + u)
 
 
 def test_item_added_after_training_uses_features_only():
@@ -210,12 +226,16 @@ def test_model_published_before_head_layers_is_headless(make_cfg):
     with pytest.raises(PipelineError, match="model.item_bias=False but the config says"):
         check_compatible(old, cfg.model, FEATURE_DIM, T)
     cfg.model.item_bias = False
+    with pytest.raises(PipelineError, match="model.query_offsets=False but the config says"):
+        check_compatible(old, cfg.model, FEATURE_DIM, T)
+    cfg.model.query_offsets = False
     check_compatible(old, cfg.model, FEATURE_DIM, T)
     cfg.model.head_layers = 2
     with pytest.raises(PipelineError, match="model.head_layers=0 but the config says"):
         check_compatible(old, cfg.model, FEATURE_DIM, T)
     built = kernels.ModelBlob.of(model, old).build()
     assert built.head_layers == 0 and len(built.head) == 0 and built.query_shift is None
+    assert built.query_offset is None
     with_head = build_model(cfg.model, FEATURE_DIM, TRAINED)
     assert with_head.head_layers == 2
     with pytest.raises(RuntimeError, match="head"):       # a headless checkpoint lacks G1, G2

@@ -378,13 +378,37 @@ def test_item_bias_is_a_learned_query_shift():
     plain = PinSage(3, 8, 1, "mean", num_items=10)
     biased = PinSage(3, 8, 1, "mean", num_items=10, item_bias=True)
     z = F.normalize(torch.randn(4, 8), dim=-1)
-    assert plain.query_shift is None and plain.query(z) is z
-    assert torch.equal(biased.query(z), z)                 # u starts at 0: no bias until learned
+    ids = torch.arange(4)
+    assert plain.query_shift is None and plain.query(z, ids) is z
+    assert torch.equal(biased.query(z, ids), z)            # u starts at 0: no bias until learned
     with torch.no_grad():
         biased.query_shift.copy_(torch.arange(8.0))
-    assert torch.allclose(biased.query(z) @ z.T, z @ z.T + (z @ torch.arange(8.0))[None, :])
+    assert torch.allclose(biased.query(z, ids) @ z.T, z @ z.T + (z @ torch.arange(8.0))[None, :])
     assert "query_shift" in biased.state_dict() and "query_shift" not in plain.state_dict()
     old = {"num_layers": 1, "hidden_dim": 8, "aggregator": "mean", "id_embedding": "on",
            "id_buckets": 7}
     assert build_model(SimpleNamespace(**old), 3, 10).query_shift is None   # published before
     assert build_model(SimpleNamespace(**old, item_bias=True), 3, 10).query_shift is not None
+
+
+def test_query_offsets_make_the_relation_directed():
+    """score(q, c) = (z_q + o_q).z_c: each item's own learned offset, zero at the start and
+    for ids beyond the table (items added after training); candidates are unchanged."""
+    torch.manual_seed(4)
+    model = PinSage(3, 8, 1, "mean", num_items=5, query_offsets=True)
+    z = F.normalize(torch.randn(7, 8), dim=-1)
+    ids = torch.tensor([0, 1, 2, 3, 4, 5, 9])
+    assert torch.equal(model.query(z, ids), z)             # o starts at 0
+    with torch.no_grad():
+        model.query_offset.weight.copy_(torch.arange(40.0).view(5, 8))
+    q = model.query(z, ids)
+    assert torch.equal(q[:5], z[:5] + model.query_offset.weight)
+    assert torch.equal(q[5:], z[5:])                       # no row: no offset
+    scores = q @ z.T
+    assert not torch.allclose(scores[:5, :5], scores[:5, :5].T)   # a directed relation
+    # A parameter the loss trains: it gets a gradient through the query side only.
+    model.query(z, ids).sum().backward()
+    assert model.query_offset.weight.grad is not None
+    old = {"num_layers": 1, "hidden_dim": 8, "aggregator": "mean", "id_embedding": "on",
+           "id_buckets": 7}
+    assert build_model(SimpleNamespace(**old), 3, 5).query_offset is None    # published before

@@ -70,7 +70,7 @@ def test_training_on_movielens_learns(ml):
     # Beats recommending the most popular items on the held-out validation pairs.
     assert max(r[f"val_hit_rate@{k}"] for r in h) > _popularity(cfg) > 0
     model, manifest = load_model(cfg.run_dir)
-    assert manifest["model"]["num_items"] == 1682 and model.num_layers == 2
+    assert manifest.spec["num_items"] == 1682 and model.num_layers == 2
     assert list((Path(cfg.run_dir) / "_tensorboard").rglob("events.out.tfevents.*"))
     _check_bias_scale(cfg, model, manifest, result.bias_scale)
 
@@ -80,14 +80,17 @@ def _check_bias_scale(cfg, model, manifest, bias) -> None:
     by_scale = {float(s): m for s, m in bias["val_mrr"].items()}
     assert sorted(by_scale) == sorted(cfg.train.bias_scales)
     assert by_scale[bias["chosen"]] == max(by_scale.values())
-    assert manifest["bias_scale"] == bias
-    store = cached_feature_store(cfg.run_dir, manifest["inputs"]["graph"])
-    val = Validator(cfg.run_dir, manifest["inputs"], store, cfg.sample.num_neighbors,
+    assert manifest.bias_scale == bias
+    store = cached_feature_store(cfg.run_dir, manifest.inputs["graph"])
+    val = Validator(cfg.run_dir, manifest.inputs, store, cfg.sample.num_neighbors,
                     torch.device("cpu"))
     with torch.no_grad():
-        z = model.full_graph_embed(val.node_ids, val.features, val.nbr, val.nbr_w).numpy()
+        z = model.full_graph_embed(val.node_ids, val.features, val.nbr, val.nbr_w)
+        offsets = model.query_offset.weight.numpy() if model.query_offset is not None else 0.0
+        z = z.numpy()
     q, tgt = val.queries.numpy(), val.targets.numpy()
-    scores = (z[q] + model.query_shift.detach().numpy()) @ z.T
+    # Queries search with z_q + o_q + s·u; the published shift is already s·u.
+    scores = (z + offsets)[q] @ z.T + (z @ model.query_shift.detach().numpy())[None, :]
     scores[:, ~val.live.numpy()] = -np.inf
     scores[np.arange(len(q)), q] = -np.inf
     rank = 1 + (scores > scores[np.arange(len(q)), tgt][:, None]).sum(axis=1)

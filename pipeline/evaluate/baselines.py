@@ -123,21 +123,24 @@ def als(data: EvalData, queries: np.ndarray, k: int, *, factors: int, iterations
 
 
 def embedding_topk(matrix: np.ndarray, queries: np.ndarray, k: int,
-                   live: np.ndarray | None = None, shift: np.ndarray | None = None) -> np.ndarray:
+                   live: np.ndarray | None = None, query_vectors: np.ndarray | None = None
+                   ) -> np.ndarray:
     """Exact inner-product top-k over item vectors (row = item id), live items only.
 
-    ``shift`` is added to the query rows (PinSage's query shift, ``model.item_bias``).
+    ``query_vectors`` (row = item id): what each query item searches with
+    (PinSage's ``query``: embedding, offset and shift); default its own row.
     """
     queries = np.asarray(queries, np.int64)
     if live is None or live.all():
-        top, _ = ann.search(ann.exact_index(matrix), matrix, queries, k, shift)
+        top, _ = ann.search(ann.exact_index(matrix), matrix, queries, k, query_vectors)
         return top
     items = np.flatnonzero(live)
     row_of = np.cumsum(live) - 1                  # item id -> row among the live items
     if not live[queries].all():
         raise ValueError("a query is a removed item's placeholder")
     sub = matrix[items]
-    top, _ = ann.search(ann.exact_index(sub), sub, row_of[queries], k, shift)
+    top, _ = ann.search(ann.exact_index(sub), sub, row_of[queries], k,
+                        None if query_vectors is None else query_vectors[items])
     return np.where(top >= 0, items[np.maximum(top, 0)], -1)
 
 

@@ -19,16 +19,16 @@ from pipeline.train.trainer import load_model
 
 @torch.no_grad()
 def embed_items(run_dir: str, model_version: str | None = None
-                ) -> tuple[np.ndarray, np.ndarray | None]:
+                ) -> tuple[np.ndarray, np.ndarray]:
     """``(n_items, d)`` L2-normalised embeddings of every item by a published model, and the
-    model's query shift (``PinSage.query``; None without ``model.item_bias``)."""
+    vectors the items search with (``PinSage.query``), as the ``embeddings`` stage has them."""
     model, manifest = load_model(run_dir, model_version)
     inputs = manifest.inputs
     store = cached_feature_store(run_dir, inputs["graph"])
     n, T = store.num_items, manifest.num_neighbors
     nb_dir = versioned.check_version(run_dir, "neighbors", inputs["neighbors"]) / "neighbors"
     ids, w = dense_neighbors(ds.dataset(str(nb_dir), format="parquet").to_table(), n, T)
-    z = model.full_graph_embed(torch.arange(n), torch.from_numpy(store.gather(np.arange(n))),
+    nodes = torch.arange(n)
+    z = model.full_graph_embed(nodes, torch.from_numpy(store.gather(np.arange(n))),
                                torch.from_numpy(ids), torch.from_numpy(w))
-    shift = None if model.query_shift is None else model.query_shift.detach().numpy()
-    return z.numpy().astype(np.float32), shift
+    return z.numpy().astype(np.float32), model.query(z, nodes).numpy().astype(np.float32)

@@ -62,17 +62,18 @@ def approximate_index(matrix: np.ndarray, kind: str, *, m: int = 32, ef_construc
 
 
 def search(index: faiss.Index, matrix: np.ndarray, queries: np.ndarray, k: int,
-           shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+           query_vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` rows and scores for each query row, the query itself excluded.
 
     Asks for ``k + 1`` and drops the query, so every row keeps ``k`` results
-    (``-1`` where the index has fewer). ``shift`` is added to each query's row
-    (the model's query shift, ``PinSage.query``).
+    (``-1`` where the index has fewer). A query searches with its row of
+    ``query_vectors`` (``PinSage.query``), or of ``matrix`` without them.
     """
+    vectors = matrix if query_vectors is None else query_vectors
     rows, scores = [], []
     for lo in range(0, len(queries), SEARCH_CHUNK):
         q = queries[lo:lo + SEARCH_CHUNK]
-        kept, s = search_vectors(index, matrix[q] if shift is None else matrix[q] + shift, q, k)
+        kept, s = search_vectors(index, vectors[q], q, k)
         rows.append(kept)
         scores.append(s)
     if not rows:
@@ -135,7 +136,7 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
     live = np.array([i != RETIRED_ID for i in emb.id], dtype=bool)
     row_of = np.cumsum(live) - 1                 # embedding row -> index row (live rows)
     queries = row_of[queries[live[queries]]]
-    matrix, node = emb.matrix[live], emb.node[live]
+    matrix, query_vectors, node = emb.matrix[live], emb.queries[live], emb.node[live]
     ids = [i for i, ok in zip(emb.id, live) if ok]
     t0 = time.perf_counter()
     index = approximate_index(matrix, ev.index, m=ev.index_m,
@@ -144,14 +145,18 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
                               nprobe=ev.index_nprobe, seed=seed)
     build_s = time.perf_counter() - t0
     kmax = max(ev.ks)
-    exact_top, _ = search(exact_index(matrix), matrix, queries, kmax, emb.query_shift)
+    exact_top, _ = search(exact_index(matrix), matrix, queries, kmax, query_vectors)
     t0 = time.perf_counter()
-    approx_top, _ = search(index, matrix, queries, kmax, emb.query_shift)
+    approx_top, _ = search(index, matrix, queries, kmax, query_vectors)
     search_s = time.perf_counter() - t0
     quality = {f"recall@{k}": round(recall(approx_top, exact_top, k), 4) for k in ev.ks}
     with stage.publish() as out:
         faiss.write_index(index, str(out.path / INDEX_FILE))
-        table = pa.table({"node": pa.array(node, pa.int64()), "id": pa.array(ids, pa.string())},
+        d = query_vectors.shape[1]
+        table = pa.table({"node": pa.array(node, pa.int64()), "id": pa.array(ids, pa.string()),
+                          "query": pa.ListArray.from_arrays(
+                              pa.array(np.arange(0, (len(node) + 1) * d, d, dtype=np.int32)),
+                              pa.array(query_vectors.reshape(-1)))},
                          schema=to_arrow_schema(schemas.INDEX_ITEMS))
         (out.path / ITEMS_TABLE).mkdir()
         pq.write_table(table, out.path / ITEMS_TABLE / "part-0.parquet")
@@ -160,7 +165,6 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
                        "retired_items_left_out": int((~live).sum()),
                        "recall_queries": int(len(queries))},
             "quality": quality,
-            "query_shift": None if emb.query_shift is None else emb.query_shift.tolist(),
             "seconds": {"build": round(build_s, 3),
                         "search_per_query_ms": round(1000 * search_s / max(1, len(queries)), 4)},
             "schema": {ITEMS_TABLE: schemas.describe(schemas.INDEX_ITEMS)},

@@ -194,15 +194,15 @@ def _variant_methods(cfg, data: eval_data.EvalData, kmax: int, variants: dict[st
             name = f"{OURS}[{agg}]"
 
             def run_variant(q, agg=agg, name=name):
-                (matrix, shift), version = variants_mod.train_and_embed(cfg, agg)
+                (matrix, query_vectors), version = variants_mod.train_and_embed(cfg, agg)
                 variants[name] = version
-                return baselines.embedding_topk(matrix, q, kmax, data.live, shift)
+                return baselines.embedding_topk(matrix, q, kmax, data.live, query_vectors)
             methods[name] = run_variant
     if new_items.is_inductive(cfg.run_dir, data.split_version):
         def run_retrained(q):
-            (matrix, shift), version = variants_mod.retrained(cfg)
+            (matrix, query_vectors), version = variants_mod.retrained(cfg)
             variants[RETRAINED] = version
-            return baselines.embedding_topk(matrix, q, kmax, data.live, shift)
+            return baselines.embedding_topk(matrix, q, kmax, data.live, query_vectors)
         methods[RETRAINED] = run_retrained
     return methods
 
@@ -305,7 +305,7 @@ def run_evaluate(cfg) -> EvalResult:
     notes: dict[str, str] = {}
     methods = _methods(cfg, data, kmax, notes)
     methods[OURS] = lambda q: baselines.embedding_topk(emb.matrix, q, kmax, data.live,
-                                                       emb.query_shift)
+                                                       emb.queries)
     origin = lineage(run_dir, "embeddings", emb.version)
     model_manifest = ModelManifest.read(run_dir, origin["model"]) if "model" in origin else None
     variants: dict[str, str] = {}       # variant row -> the model version it trained

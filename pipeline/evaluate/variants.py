@@ -43,7 +43,7 @@ def _train(cfg, name: str, overrides: dict, inductive: bool = True) -> tuple[tup
 
 
 def train_and_embed(cfg, aggregator: str) -> tuple[tuple[np.ndarray, np.ndarray | None], str]:
-    """Train (or reuse) the ``aggregator`` variant; ``((item embeddings, query shift), model
+    """Train (or reuse) the ``aggregator`` variant; ``((item embeddings, query vectors), model
     version)``."""
     return _train(cfg, f"aggregator={aggregator}", {"model": {"aggregator": aggregator}})
 

@@ -54,13 +54,13 @@ from pipeline.train.trainer import load_model
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_SCHEMA = "node long, id string, embedding array<float>"
+EMBEDDING_SCHEMA = "node long, id string, embedding array<float>, query array<float>"
 # Bound on reduce rows (own h + at most one message per neighbour) per partition
 # when infer.partitions=0: a reduce task holds its whole partition, a few hundred MB.
 REDUCE_ROWS_PER_PARTITION = 2_000_000
 # Model fields that must match the configuration the user asks for.
 MODEL_FIELDS = ("num_layers", "hidden_dim", "aggregator", "id_embedding", "head_layers",
-                "item_bias")
+                "item_bias", "query_offsets")
 
 
 @dataclass
@@ -220,7 +220,7 @@ def _embed_changed(spark: SparkSession, run_dir: str, plan: incremental.Plan, it
                    partitions: int, message_dtype: str, batch_rows: int) -> None:
     """Embed the plan's affected items (to ``scratch``); copy the rest from the previous version."""
     prev_dir = versioned.check_version(run_dir, STAGE, plan.previous)
-    kept = spark.read.parquet(str(prev_dir / TABLE)).select("node", "embedding")
+    kept = spark.read.parquet(str(prev_dir / TABLE)).select("node", "embedding", "query")
     if plan.recomputed:
         depth = spark.createDataFrame(pa.table({"node": plan.node,
                                                 "depth": plan.depth.astype(np.int32)}).to_pandas())
@@ -228,9 +228,9 @@ def _embed_changed(spark: SparkSession, run_dir: str, plan: incremental.Plan, it
               message_dtype=message_dtype, batch_rows=batch_rows, depth=depth)
         fresh = spark.read.parquet(scratch)
         kept = kept.join(fresh.select("node"), "node", "left_anti")
-    merged = kept.join(items.select("node", "id"), "node").select("node", "id", "embedding")
+    merged = kept.join(items.select("node", "id"), "node").select("node", "id", "embedding", "query")
     if plan.recomputed:
-        merged = merged.unionByName(fresh.select("node", "id", "embedding"))
+        merged = merged.unionByName(fresh.select("node", "id", "embedding", "query"))
     _write_embeddings(merged, out_path)
 
 
@@ -328,9 +328,7 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
                   "not_reused_because": why or None,
                   "computed_items": computed,
                   "seconds": round(total, 2), "items_per_second": round(n_items / total)}
-        # Serving adds it to a query's embedding (PinSage.query); None: search with the embedding.
-        shift = None if model.query_shift is None else model.query_shift.detach().tolist()
-        out.manifest.update({"counts": counts, "query_shift": shift,
+        out.manifest.update({"counts": counts,
                              "schema": {TABLE: schemas.describe(schemas.EMBEDDINGS)}})
     log.info("embeddings: %d items in %.1fs (%d re-embedded, %d with no neighbours, %d unseen by "
              "the model)", n_items, total, counts["recomputed_items"],

@@ -41,7 +41,8 @@ OWN_ARROW = pa.schema([("node", pa.int64()), ("id", pa.string()), ("depth", pa.i
 # A node's message for the next convolution (``infer.message_dtype``).
 MESSAGE_ARROW = pa.schema([("node", pa.int64()), ("msg", pa.binary())])
 EMBEDDING_ARROW = pa.schema([("node", pa.int64()), ("id", pa.string()),
-                             ("embedding", pa.list_(pa.float32()))])
+                             ("embedding", pa.list_(pa.float32())),
+                             ("query", pa.list_(pa.float32()))])
 MESSAGE, OWN = 0, 1       # kinds of parcels
 # Rows per model call. Matrix kernels pick their blocking (hence their rounding)
 # from the shapes, so every call sees exactly this many rows, the last chunk
@@ -232,13 +233,16 @@ def step(model: PinSage, j: int, own: pa.RecordBatch, h: torch.Tensor, *,
 
 def embedding_batch(model: PinSage, node: np.ndarray, ids: pa.Array, h: torch.Tensor
                     ) -> pa.RecordBatch:
-    """Rows of ``schemas.EMBEDDINGS``: ``PinSage.output`` (head, L2 norm) of the last ``h``."""
-    z = fixed_shape(model.output, h).contiguous().numpy().astype(np.float32, copy=False)
+    """Rows of ``schemas.EMBEDDINGS``: ``PinSage.output`` (head, L2 norm) of the last ``h``,
+    and the vector each item searches with (``PinSage.query``)."""
+    z = fixed_shape(model.output, h)
+    q = model.query(z, torch.tensor(node)).contiguous().numpy().astype(np.float32, copy=False)
+    z = z.contiguous().numpy().astype(np.float32, copy=False)
     n, d = z.shape
-    emb = pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)[:n + 1]),
-                                   pa.array(z.reshape(-1)))
-    return pa.RecordBatch.from_arrays([pa.array(node, pa.int64()), ids, emb],
-                                      schema=EMBEDDING_ARROW)
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)[:n + 1])
+    return pa.RecordBatch.from_arrays(
+        [pa.array(node, pa.int64()), ids, pa.ListArray.from_arrays(offsets, pa.array(z.reshape(-1))),
+         pa.ListArray.from_arrays(offsets, pa.array(q.reshape(-1)))], schema=EMBEDDING_ARROW)
 
 
 def input_layer(model: PinSage, batches: Iterator[pa.RecordBatch], *, num_neighbors: int,

@@ -105,13 +105,15 @@ EMBEDDINGS = StructType([
     StructField("node", LongType(), False),
     StructField("id", StringType(), False),
     StructField("embedding", ArrayType(FloatType(), False), False),
+    StructField("query", ArrayType(FloatType(), False), False),   # what the item searches with
 ])
 
 # Rows of the approximate nearest-neighbour index (stage `index`): row i of
-# `index.faiss` is item `node` with the source's `id`.
+# `index.faiss` is item `node` with the source's `id`, searching with `query`.
 INDEX_ITEMS = StructType([
     StructField("node", LongType(), False),
     StructField("id", StringType(), False),
+    StructField("query", ArrayType(FloatType(), False), False),
 ])
 
 

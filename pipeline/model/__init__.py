@@ -12,7 +12,7 @@ __all__ = ["AGGREGATORS", "ID_EMBEDDINGS", "SPEC_DEFAULTS", "PinSage", "PinSageC
 
 # Model settings added after models were first published, with the value every
 # model published before then was trained with (its manifest lacks the key).
-SPEC_DEFAULTS = {"head_layers": 0, "item_bias": False}
+SPEC_DEFAULTS = {"head_layers": 0, "item_bias": False, "query_offsets": False}
 
 
 def spec_value(spec, name: str):
@@ -31,4 +31,5 @@ def build_model(cfg_model, feature_dim: int, num_items: int) -> PinSage:
                    num_layers=int(cfg_model.num_layers), aggregator=str(cfg_model.aggregator),
                    num_items=num_items, id_embedding=str(cfg_model.id_embedding),
                    id_buckets=int(cfg_model.id_buckets), head_layers=head_layers,
-                   item_bias=bool(spec_value(cfg_model, "item_bias")))
+                   item_bias=bool(spec_value(cfg_model, "item_bias")),
+                   query_offsets=bool(spec_value(cfg_model, "query_offsets")))

@@ -63,12 +63,13 @@ class PinSage(nn.Module):
     added after training (id >= num_items) has no row: its ID contribution is
     zero, so it is embedded from its features and neighbours alone (inductive).
     ``head_layers``: dense layers after the last convolution (:func:`dense_head`).
-    ``item_bias``: a learned query shift ``u`` (see :meth:`query`).
+    ``item_bias``: a learned query shift ``u``; ``query_offsets``: a learned
+    offset per item for its query side (see :meth:`query`).
     """
 
     def __init__(self, feature_dim: int, hidden_dim: int, num_layers: int, aggregator: str,
                  num_items: int, id_embedding: str = "on", id_buckets: int = 100_000,
-                 head_layers: int = 0, item_bias: bool = False):
+                 head_layers: int = 0, item_bias: bool = False, query_offsets: bool = False):
         super().__init__()
         check_aggregator(aggregator)
         if id_embedding not in ID_EMBEDDINGS:
@@ -97,17 +98,30 @@ class PinSage(nn.Module):
         self.head = dense_head(hidden_dim, head_layers)
         self.item_bias = item_bias
         self.query_shift = nn.Parameter(torch.zeros(hidden_dim)) if item_bias else None
+        # Zero at the start, and for every item never a training query (new items stay inductive).
+        self.query_offset = nn.Embedding(num_items, hidden_dim) if query_offsets else None
+        if self.query_offset is not None:
+            nn.init.zeros_(self.query_offset.weight)
 
-    def query(self, z: torch.Tensor) -> torch.Tensor:
-        """The vector a query item searches with: its embedding plus the learned shift ``u``.
+    def query(self, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The vectors items ``ids`` search with: embedding + own offset ``o_q`` + shift ``u``.
 
-        The score of candidate c is ``(z_q + u)·z_c = cos(q, c) + u·z_c``:
-        ``u·z_c`` is a bias for how often c is the answer whatever the query,
-        which unit-norm embeddings alone cannot express (on graphs whose
-        answers are hubs, popularity beats them). Candidates keep their
-        unit-norm embeddings, so the index is unchanged; only the query
-        vector moves. Without ``item_bias`` the query is the embedding.
+        The score of candidate c is ``(z_q + o_q + u)·z_c = cos(q, c) + o_q·z_c
+        + u·z_c``. ``u·z_c`` is a bias for how often c is the answer whatever
+        the query, which unit-norm embeddings alone cannot express (on graphs
+        whose answers are hubs, popularity beats them). ``o_q`` makes the
+        relation directed, as word2vec's separate input vectors do: what
+        follows q (the pairs run from earlier to later, source to target) need
+        not be what precedes it, yet cosine is symmetric. Candidates keep
+        their unit-norm embeddings, so the index is unchanged; only query
+        vectors move. An item the model has no row for (added after
+        training) gets no offset.
         """
+        if self.query_offset is not None:
+            ids = ids.to(torch.int64)
+            rows = self.query_offset.num_embeddings
+            z = z + self.query_offset(ids.clamp_max(rows - 1)).masked_fill(
+                (ids >= rows).unsqueeze(-1), 0.0)
         return z if self.query_shift is None else z + self.query_shift
 
     def input_layer(self, node_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:

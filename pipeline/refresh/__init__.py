@@ -137,7 +137,7 @@ def evaluate(cfg, embeddings_version: str) -> tuple[dict, str]:
     uniq, inverse = np.unique(data.queries, return_inverse=True)
     idx = publish_index(cfg.run_dir, ev, emb.version, uniq, keep=cfg.keep_versions,
                         force=cfg.force, seed=seed)
-    top = embedding_topk(emb.matrix, uniq, ks[-1], data.live, emb.query_shift)
+    top = embedding_topk(emb.matrix, uniq, ks[-1], data.live, emb.queries)
     metrics = M.summarize(M.target_ranks(top[inverse], data.targets), ks)
     metrics["queries"] = int(len(data.queries))
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}, \

@@ -15,6 +15,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.dataset as ds
@@ -25,7 +26,8 @@ from tqdm import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
-from pipeline.io.code import code_version
+from pipeline.io.manifests import BatchesManifest, ModelManifest, NeighborsManifest
+from pipeline.io.stage import Stage
 from pipeline.model import build_model
 from pipeline.model.loss import (in_batch_collisions, log_expected_count, max_margin_loss,
                                  sampled_softmax_loss)
@@ -39,9 +41,6 @@ log = logging.getLogger(__name__)
 STAGE = "model"
 SCHEDULES = ("cosine", "constant")
 LOSSES = ("softmax", "max_margin")
-# Losses are read back from the device every this many steps (and at epoch
-# ends), not after each step: a read waits for the device to finish.
-SYNC_EVERY = 20
 
 
 @dataclass
@@ -133,7 +132,7 @@ def batch_loss(model, mb: Minibatch, *, loss: str, margin: float, temperature: f
     """
     z = model(mb.nodes, mb.features, mb.nbr_idx, mb.nbr_weight)
     # Queries search with their shifted vector (model.item_bias); DDP wraps the model.
-    zq = getattr(model, "module", model).query(z[mb.query])
+    zq = getattr(model, "module", model).query(z[mb.query], mb.nodes[0][mb.query])
     zp, ze = z[mb.positive], z[mb.easy]
     mask = mb.hard >= 0
     z_hard = z[mb.hard.clamp_min(0)] if mb.hard.shape[1] else None
@@ -159,12 +158,47 @@ def batch_loss(model, mb: Minibatch, *, loss: str, margin: float, temperature: f
     return total, loss_easy, total.detach() - loss_easy
 
 
+class StepLosses:
+    """Each step's ``(total, easy, hard)`` losses, kept on the device until :meth:`read`.
+
+    Reading a number back from a GPU waits for all its queued work, which
+    would stall the loader's overlap if done every step; so a step only
+    appends its 0-d loss tensors here (no transfer, no sync), and the trainer
+    reads them, in one transfer, every ``train.log_every`` steps and at each
+    epoch end. A step without a hard part stores NaN in its place.
+    """
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.values: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def add(self, step: int, total: torch.Tensor, easy: torch.Tensor,
+            hard: torch.Tensor | None) -> None:
+        hard = torch.full_like(total, torch.nan) if hard is None else hard
+        self.steps.append(step)
+        self.values.append(torch.stack([total.detach(), easy.detach(), hard.detach()]))
+
+    def read(self) -> list[tuple[int, float, float, float | None]]:
+        """``(step, total, easy, hard or None)`` of the pending steps (one device sync); clears them."""
+        if not self.steps:
+            return []
+        values = torch.stack(self.values).cpu().tolist()
+        out = [(at, total, easy, None if math.isnan(hard) else hard)
+               for at, (total, easy, hard) in zip(self.steps, values)]
+        self.steps, self.values = [], []
+        return out
+
+
 def _validate(t) -> None:
     checks = [(t.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}, got '{t.loss}'"),
               (t.temperature > 0, f"train.temperature must be > 0, got {t.temperature}"),
               (t.easy_negatives >= 1, f"train.easy_negatives must be >= 1, got {t.easy_negatives}"),
               (t.max_hard_negatives >= 0,
                f"train.max_hard_negatives must be >= 0, got {t.max_hard_negatives}"),
+              (t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}"),
               (len(t.bias_scales) > 0 and min(t.bias_scales) >= 0,
                f"train.bias_scales must be a non-empty list of numbers >= 0, got "
                f"{list(t.bias_scales)}")]
@@ -183,21 +217,24 @@ def _schedule(optimizer, kind: str, total_steps: int):
 
 
 def unseen_id_rows(model, items: np.ndarray, check: bool = False) -> None:
-    """Zero the ID-embedding rows of ``items`` (items the model must never see), or check them.
+    """Zero the per-item rows (ID embedding, query offset) of ``items`` (items the model must
+    never see), or check them.
 
     They get no gradient (never in a minibatch), so Adam keeps them at zero:
     at inference such an item is embedded from its features and neighbours alone.
     """
-    if len(items) == 0 or model.id_emb is None or model.id_embedding != "on":
-        return
-    rows = torch.as_tensor(items, dtype=torch.int64, device=model.id_emb.weight.device)
-    if check:
-        if bool(model.id_emb.weight[rows].any()):
-            raise PipelineError("training: a new item's ID embedding was trained; the inductive "
-                                "view leaked a new item into the minibatches (re-run jobs/sample.py)")
-        return
-    with torch.no_grad():
-        model.id_emb.weight[rows] = 0.0
+    tables = [t for t in (model.id_emb if model.id_embedding == "on" else None,
+                          model.query_offset) if t is not None]
+    for table in tables if len(items) else []:
+        rows = torch.as_tensor(items, dtype=torch.int64, device=table.weight.device)
+        if check:
+            if bool(table.weight[rows].any()):
+                raise PipelineError("training: a new item's ID embedding or query offset was "
+                                    "trained; the inductive view leaked a new item into the "
+                                    "minibatches (re-run jobs/sample.py)")
+            continue
+        with torch.no_grad():
+            table.weight[rows] = 0.0
 
 
 class LogitScale(torch.nn.Module):
@@ -237,7 +274,8 @@ class LogitScale(torch.nn.Module):
 
 
 # Settings that change how a run goes or what it reports, never the model it publishes.
-NOT_IN_FINGERPRINT = ("resume", "prefetch", "num_workers", "device", "val_k", "checkpoint_every")
+NOT_IN_FINGERPRINT = ("resume", "prefetch", "num_workers", "device", "val_k", "checkpoint_every",
+                      "log_every")
 
 
 def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = True) -> TrainResult:
@@ -261,32 +299,34 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
               "train": {k: v for k, v in OmegaConf.to_container(t, resolve=True).items()
                         if k not in NOT_IN_FINGERPRINT},
               "seed": int(cfg.seed), "world_size": ddp.world}
-    fp = versioned.fingerprint({"code": code_version(__name__), "inputs": inputs, "params": params})
-    existing = versioned.find_matching(run_dir, STAGE, fp)
-    if existing and not cfg.force and stop_after_epoch is None:
-        log.info("model/%s already trained from these inputs and config; reusing it", existing)
-        manifest = versioned.read_manifest(run_dir, STAGE, existing)
-        return TrainResult(existing, manifest.get("history", []), reused=True,
-                           bias_scale=manifest.get("bias_scale"))
+    # Lineage names the evaluated split, which the inductive view was cut from.
+    stage = Stage(run_dir, STAGE, inputs, params, keep=cfg.keep_versions,
+                  force=cfg.force or stop_after_epoch is not None,
+                  recorded_inputs={} if view.source_split is None else {
+                      "split": view.source_split, "inductive_split": inputs["split"]})
+    fp = stage.fingerprint
+    existing = stage.reusable()
+    if existing:
+        manifest = ModelManifest.read(run_dir, existing)
+        return TrainResult(existing, manifest.history, reused=True, bias_scale=manifest.bias_scale)
 
     seed_everything(int(cfg.seed))
     store = cached_feature_store(src, inputs["graph"])
     batches_dir = versioned.resolve(src, "batches", inputs["batches"])
-    b_manifest = versioned.read_manifest(src, "batches", inputs["batches"])
-    if b_manifest["counts"]["num_layers"] != m.num_layers:
-        raise PipelineError(f"minibatches were sampled for {b_manifest['counts']['num_layers']} layers "
+    stored = BatchesManifest.read(src, inputs["batches"])
+    if stored.num_layers != m.num_layers:
+        raise PipelineError(f"minibatches were sampled for {stored.num_layers} layers "
                             f"but model.num_layers={m.num_layers}; re-run jobs/sample.py with "
                             f"model.num_layers={m.num_layers}")
-    stored = b_manifest["counts"]
-    if t.max_hard_negatives > 0 and stored.get("hard_candidates", 1) == 0:
+    if t.max_hard_negatives > 0 and stored.hard_candidates == 0:
         raise PipelineError(f"train.max_hard_negatives={t.max_hard_negatives} but the minibatches "
                             f"carry no hard candidates; re-run jobs/sample.py with "
                             f"train.max_hard_negatives={t.max_hard_negatives}")
-    if t.easy_negatives > stored.get("easy_negatives", t.easy_negatives):
+    if t.easy_negatives > stored.easy_negatives:
         log.warning("train.easy_negatives=%d but minibatches store %d (sample.easy_negatives): "
-                    "every epoch uses all of them", t.easy_negatives, stored["easy_negatives"])
+                    "every epoch uses all of them", t.easy_negatives, stored.easy_negatives)
     sampling = Sampling.read(batches_dir, device) if t.loss == "softmax" else None
-    T = int(versioned.read_manifest(src, "neighbors", inputs["neighbors"])["config"]["num_neighbors"])
+    T = NeighborsManifest.read(src, inputs["neighbors"]).num_neighbors
     files = list_batch_files(batches_dir, "train", ddp.rank, ddp.world)
     if not files:
         raise PipelineError(f"no training minibatch files for rank {ddp.rank} of {ddp.world} "
@@ -350,27 +390,26 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
             loader.set_epoch(epoch, hard_negatives=n_hard)
             net.train()
             sums = {"loss": 0.0, "easy": 0.0, "hard": 0.0, "n": 0, "n_hard": 0, "queries": 0}
-            pending: list[tuple[int, torch.Tensor]] = []
+            pending = StepLosses()
 
             def flush() -> None:
-                """Read the pending steps' losses (one device sync) into sums and TensorBoard."""
-                if not pending:
-                    return
-                values = torch.stack([v for _, v in pending]).cpu().tolist()
-                for (at, _), (total, easy, hard) in zip(pending, values):
+                """Read the pending steps' losses (one device sync) into sums, TensorBoard and
+                the progress bar: every ``train.log_every`` steps and at the epoch end."""
+                values = pending.read()
+                for at, total, easy, hard in values:
                     sums["loss"] += total
                     sums["easy"] += easy
                     sums["n"] += 1
-                    if not math.isnan(hard):
+                    if hard is not None:
                         sums["hard"] += hard
                         sums["n_hard"] += 1
                     if writer is not None:
                         writer.add_scalar("train/loss", total, at)
                         writer.add_scalar("train/loss_easy", easy, at)
-                        if not math.isnan(hard):
+                        if hard is not None:
                             writer.add_scalar("train/loss_hard", hard, at)
-                bar.set_postfix(loss=f"{values[-1][0]:.4f}")
-                pending.clear()
+                if values:
+                    bar.set_postfix(loss=f"{values[-1][1]:.4f}")
 
             t0 = time.perf_counter()
             bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch}/{t.epochs}",
@@ -391,14 +430,13 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
                     optimizer.step()
                     scheduler.step()
                     step += 1
+                    # No read from the device here: shapes and Python numbers only.
                     sums["queries"] += len(mb.query)
-                    nan = torch.full_like(loss, torch.nan)
-                    pending.append((step, torch.stack([loss.detach(), l_easy.detach(),
-                                                       nan if l_hard is None else l_hard.detach()])))
+                    pending.add(step, loss, l_easy, l_hard)
                     if writer is not None:
                         writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
                     bar.update(1)
-                    if len(pending) >= SYNC_EVERY:
+                    if len(pending) >= t.log_every:
                         flush()
                     if t.checkpoint_every and step % t.checkpoint_every == 0:
                         save(epoch, i + 1)
@@ -432,11 +470,7 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
             return TrainResult(None, history)
         unseen_id_rows(model, view.new, check=True)
         bias = _choose_bias_scale(model, val, t.bias_scales)
-        # Lineage names the evaluated split, which the inductive view was cut from.
-        recorded = inputs if view.source_split is None else {
-            **inputs, "split": view.source_split, "inductive_split": inputs["split"]}
-        with versioned.publish(run_dir, STAGE, fp, config=params, inputs=recorded,
-                               keep=cfg.keep_versions) as out:
+        with stage.publish() as out:
             torch.save(model.state_dict(), out.path / "model.pt")
             out.manifest.update({
                 "counts": {"epochs": t.epochs, "steps": step, "parameters":
@@ -492,16 +526,16 @@ def _log_epoch(writer, record: dict, step: int, k: int) -> None:
     if writer is None:
         return
     writer.add_scalar(f"val/hit_rate@{k}", record[f"val_hit_rate@{k}"], step)
-    writer.add_scalar("val/loss", record["val_loss"], step)
+    if record["val_loss"] is not None:             # None: no validation minibatches
+        writer.add_scalar("val/loss", record["val_loss"], step)
     writer.add_scalar("perf/queries_per_second", record["queries_per_second"], step)
     writer.add_scalar("perf/loader_wait_seconds", record["loader_wait_seconds"], step)
 
 
 def load_model(run_dir: str, version: str | None = None, device: str = "cpu"):
     """The published model and its manifest, ready for inference."""
-    from types import SimpleNamespace
-    manifest = versioned.read_manifest(run_dir, STAGE, version)
-    spec = manifest["model"]
+    manifest = ModelManifest.read(run_dir, version)
+    spec = manifest.spec
     model = build_model(SimpleNamespace(**spec), spec["feature_dim"], spec["num_items"])
     path = versioned.resolve(run_dir, STAGE, version) / "model.pt"
     try:

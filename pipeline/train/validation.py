@@ -23,17 +23,18 @@ QUERY_CHUNK = 1024
 
 
 def hit_rate(embeddings: torch.Tensor, queries: torch.Tensor, targets: torch.Tensor, k: int,
-             live: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> float:
+             live: torch.Tensor | None = None, query_vectors: torch.Tensor | None = None) -> float:
     """Share of queries whose target is among the k best inner products, the query excluded.
 
     ``live`` (a mask over items) leaves removed items' placeholders out of the
-    ranking; ``shift`` is added to the query vectors (``PinSage.query``).
+    ranking; ``query_vectors`` (by item, ``PinSage.query``) are what queries
+    search with (default: their embeddings).
     """
     hits = 0
     candidates = len(embeddings) if live is None else int(live.sum())
     for lo in range(0, len(queries), QUERY_CHUNK):
         q, tgt = queries[lo:lo + QUERY_CHUNK], targets[lo:lo + QUERY_CHUNK]
-        zq = embeddings[q] if shift is None else embeddings[q] + shift
+        zq = (embeddings if query_vectors is None else query_vectors)[q]
         s = zq @ embeddings.T
         if live is not None:
             s[:, ~live] = -torch.inf
@@ -82,7 +83,8 @@ class Validator:
 
     @torch.no_grad()
     def mrr_by_bias_scale(self, model, scales) -> dict[float, float]:
-        """Validation MRR when queries search with ``z_q + s·u`` (u: the model's query shift).
+        """Validation MRR when queries search with ``z_q + o_q + s·u`` (``PinSage.query`` with
+        its shift u scaled by s).
 
         A target's rank counts the live items other than the query that
         score strictly higher; MRR is the mean of 1/rank (no cut-off). Empty
@@ -90,12 +92,15 @@ class Validator:
         """
         if len(self.queries) == 0:
             return {}
-        z = model.full_graph_embed(self.node_ids, self.features, self.nbr, self.nbr_w).cpu()
-        bias = z @ model.query_shift.detach().cpu()            # u.z_c for every candidate
+        z = model.full_graph_embed(self.node_ids, self.features, self.nbr, self.nbr_w)
+        u = model.query_shift.detach()
+        unshifted = (model.query(z, self.node_ids) - u).cpu()  # z_q + o_q
+        z, u = z.cpu(), u.cpu()
+        bias = z @ u                                           # u.z_c for every candidate
         recip: dict[float, list[torch.Tensor]] = {float(s): [] for s in scales}
         for lo in range(0, len(self.queries), QUERY_CHUNK):
             q, tgt = self.queries[lo:lo + QUERY_CHUNK], self.targets[lo:lo + QUERY_CHUNK]
-            cosine = z[q] @ z.T                                # once per chunk, for every scale
+            cosine = unshifted[q] @ z.T                        # once per chunk, for every scale
             for s, parts in recip.items():
                 scores = cosine + s * bias
                 scores[:, ~self.live] = -torch.inf
@@ -106,17 +111,17 @@ class Validator:
 
     @torch.no_grad()
     def evaluate(self, model) -> dict:
-        z = model.full_graph_embed(self.node_ids, self.features, self.nbr, self.nbr_w).cpu()
-        shift = None if model.query_shift is None else model.query_shift.detach().cpu()
-        out = {f"val_hit_rate@{self.k}": hit_rate(z, self.queries, self.targets, self.k,
-                                                       self.live, shift),
+        z = model.full_graph_embed(self.node_ids, self.features, self.nbr, self.nbr_w)
+        query_vectors = model.query(z, self.node_ids).cpu()
+        out = {f"val_hit_rate@{self.k}": hit_rate(z.cpu(), self.queries, self.targets, self.k,
+                                                       self.live, query_vectors),
                f"val_popularity_hit_rate@{self.k}": self.popularity_hit_rate}
         losses = []
         if self.val_loader is not None:
             for mb in self.val_loader:
                 mb = mb.to(self.device)
                 zb = model(mb.nodes, mb.features, mb.nbr_idx, mb.nbr_weight)
-                losses.append(max_margin_loss(model.query(zb[mb.query]), zb[mb.positive],
-                                              zb[mb.easy], self.margin).item())
+                losses.append(max_margin_loss(model.query(zb[mb.query], mb.nodes[0][mb.query]),
+                                              zb[mb.positive], zb[mb.easy], self.margin).item())
         out["val_loss"] = float(np.mean(losses)) if losses else None
         return out
