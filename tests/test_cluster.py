@@ -3,7 +3,8 @@
 Starts a master and two one-core workers from the pyspark package, ships the
 ``pipeline`` package as README.md's "On a cluster" shows (``--py-files
 pipeline.zip``), runs ingest, sample and infer with ``spark-submit``, kills one
-worker while sampling runs (Spark reruns its tasks on the other) and compares
+worker while sampling runs (Spark reruns its tasks on the other: asserted from
+the job's event log) and compares
 every table with the same stages run in local mode. The cluster's processes
 are stopped whatever happens.
 """
@@ -19,6 +20,7 @@ import sys
 import time
 import urllib.request
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +98,9 @@ class Cluster:
         for name in list(self.procs):
             self.kill(name)
 
-    def submit(self, job: str, *overrides: str, during=None) -> str:
-        cmd = [str(SPARK_BIN / "spark-submit"), "--master", self.url,
+    def submit(self, job: str, *overrides: str, during=None, conf: dict | None = None) -> str:
+        extra = [a for k, v in (conf or {}).items() for a in ("--conf", f"{k}={v}")]
+        cmd = [str(SPARK_BIN / "spark-submit"), "--master", self.url, *extra,
                "--py-files", str(self.work / "pipeline.zip"),
                "--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1",
                "--conf", "spark.cores.max=2", "--conf", "spark.driver.memory=1g",
@@ -132,6 +135,30 @@ def cluster(tmp_path):
         c.stop()
 
 
+def _assert_tasks_were_rerun(events: Path) -> None:
+    """The event log shows the killed worker's executor removed and tasks run again: a task
+    (stage, partition) that ended more than once (lost with its executor and retried, or a
+    map stage resubmitted because its shuffle output was lost with it)."""
+    # One file (app-…), or a directory of rolled files (eventlog_v2_…/events_<n>_…).
+    logs = sorted(p for p in events.rglob("*")
+                  if p.is_file() and not p.name.startswith(("appstatus", ".")))     # .crc
+    assert logs, f"no event log under {events}"
+    records = [json.loads(line) for log in logs for line in log.read_text().splitlines()
+               if line.strip()]
+    removed = [e for e in records if e["Event"] == "SparkListenerExecutorRemoved"]
+    ends = [e for e in records if e["Event"] == "SparkListenerTaskEnd"]
+    runs = Counter((e["Stage ID"], e["Task Info"]["Index"]) for e in ends)
+    rerun = sorted(k for k, n in runs.items() if n > 1)
+    failed = [e["Task End Reason"]["Reason"] for e in ends
+              if e["Task End Reason"]["Reason"] != "Success"]
+    attempts = {e["Stage Info"]["Stage Attempt ID"] for e in records
+                if e["Event"] == "SparkListenerStageSubmitted"}
+    assert removed, "the event log records no executor removed"
+    assert rerun and (failed or max(attempts) > 0), (
+        f"no task was re-run after the worker was killed (failed {failed}, stage attempts "
+        f"{sorted(attempts)})")
+
+
 def test_cluster_equals_local_mode(spark, make_cfg, tmp_path, cluster):
     src = tmp_path / "e.csv"
     rnd = np.random.default_rng(0)
@@ -159,7 +186,12 @@ def test_cluster_equals_local_mode(spark, make_cfg, tmp_path, cluster):
                 p.name.startswith("_tmp-") for p in nb.iterdir())):
             time.sleep(0.05)
         cluster.kill("worker1")
-    cluster.submit("sample", *over, during=kill_a_worker_mid_walk)
+    events = tmp_path / "events"
+    events.mkdir()
+    cluster.submit("sample", *over, during=kill_a_worker_mid_walk,
+                   conf={"spark.eventLog.enabled": "true", "spark.eventLog.dir": events.as_uri(),
+                         "spark.eventLog.compress": "false"})
+    _assert_tasks_were_rerun(events)
     cluster.submit("infer", *over)
 
     for stage, tables in (("graph", ("nodes", "edges")), ("split", ("train_edges", "holdout")),
