@@ -81,6 +81,7 @@ class BatchesManifest:
     num_layers: int             # K of the computation graphs they hold
     easy_negatives: int         # pool stored per minibatch
     hard_candidates: int        # per query; 0 when the curriculum is off
+    train_batches: int
 
     @classmethod
     def read(cls, run_dir: str | os.PathLike, version: str | None = None) -> BatchesManifest:
@@ -88,7 +89,8 @@ class BatchesManifest:
         c = m["counts"]
         return cls(version=m["version"], num_layers=int(c["num_layers"]),
                    easy_negatives=int(c["easy_negatives"]),
-                   hard_candidates=int(c.get("hard_candidates", 0)))
+                   hard_candidates=int(c.get("hard_candidates", 0)),
+                   train_batches=int(c.get("train_batches", 0)))
 
 
 @dataclass(frozen=True)

@@ -338,7 +338,7 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
     if steps_per_epoch == 0:
         raise PipelineError(
             f"train: batches/{inputs['batches']} holds no training minibatches"
-            f"{f' for rank {ddp.rank}' if ddp.world > 1 else ''} ({stored.get('train_batches', 0)} in "
+            f"{f' for rank {ddp.rank}' if ddp.world > 1 else ''} ({stored.train_batches} in "
             f"all): no positive pairs to learn from, so no model is published; check that the "
             f"graph's items share users or links after the split (jobs/sample.py's pairs counts)")
     if ddp.world > 1:
