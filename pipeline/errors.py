@@ -7,3 +7,7 @@ class PipelineError(Exception):
 
 class IngestError(PipelineError):
     """The source graph or its features failed validation."""
+
+
+class CorruptFile(PipelineError):
+    """A Parquet file of a published version (or of a source) cannot be read."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 
 import networkx as nx
 
@@ -72,3 +73,14 @@ def test_editing_a_module_changes_the_code_of_the_stages_that_run_it(tmp_path):
     assert changed["model/pinsage.py"] == {"model", "embeddings", "eval", "ablation"}
     # neighbors and embeddings: incremental runs check ids are numbered from the old graph.
     assert changed["ingest/sources.py"] == {"graph", "neighbors", "embeddings", "eval", "ablation"}
+
+
+def test_code_version_reads_a_zipped_package(tmp_path):
+    """spark-submit ships the package as a zip: its stages' code hashes are the same."""
+    archive = tmp_path / "pipeline.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in PACKAGE.rglob("*.py"):
+            z.write(path, path.relative_to(PACKAGE.parent).as_posix())
+    root = str(archive / "pipeline")
+    assert set(module_files(archive / "pipeline")) == set(module_files())
+    assert {n: code_hashes(n, root) for n in GRAPH} == _versions(PACKAGE)

@@ -12,16 +12,27 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-from pathlib import Path
+import zipfile
+from pathlib import Path, PurePosixPath
 
 PACKAGE = Path(__file__).resolve().parent.parent
 
 
-def module_files(root: Path = PACKAGE) -> dict[str, Path]:
-    """Module name -> source file for every module under ``root`` (a package directory)."""
+def module_files(root: Path = PACKAGE) -> dict[str, Path | zipfile.Path]:
+    """Module name -> source file for every module under ``root``: a package directory, or
+    a package inside a zip archive (as ``spark-submit --py-files`` ships it to the driver)."""
+    archive = next((p for p in [root, *root.parents] if p.suffix == ".zip" and p.is_file()), None)
+    if archive is not None:
+        inner = root.relative_to(archive).as_posix()
+        found = [(PurePosixPath(n), zipfile.Path(archive, n))
+                 for n in zipfile.ZipFile(archive).namelist()
+                 if n.startswith(inner + "/") and n.endswith(".py")]
+        base = PurePosixPath(inner).parent
+    else:
+        found, base = [(p, p) for p in root.rglob("*.py")], root.parent
     files = {}
-    for path in root.rglob("*.py"):
-        parts = path.relative_to(root.parent).with_suffix("").parts
+    for name, path in found:
+        parts = name.relative_to(base).with_suffix("").parts
         files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return files
 

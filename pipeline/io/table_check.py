@@ -14,6 +14,7 @@ ignored); extra columns are allowed.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 from pyspark.sql.types import StructType
 
 from pipeline.io import schemas
-from pipeline.io.versioned import MANIFEST, PRODUCERS, CorruptFile
+from pipeline.errors import CorruptFile
 
 # Stage -> table -> (declared schema, its name in pipeline.io.schemas).
 DECLARED: dict[str, dict[str, tuple[StructType, str]]] = {
@@ -72,36 +73,37 @@ def _files(table_dir: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith((".", "_")))
 
 
-def _expected(stage: str, path: Path) -> dict[str, tuple[dict[str, str], str]]:
+def _expected(stage: str, path: Path, manifest: str) -> dict[str, tuple[dict[str, str], str]]:
     """Table -> (column -> type, where it is declared) for the tables this version holds.
 
     The tables of :data:`DECLARED` present in the version, and any other the
     manifest's ``schema`` names (checked against the manifest's types).
     """
-    import json
     out = {table: ({f.name: f.dataType.simpleString() for f in schema.fields},
                    f"pipeline.io.schemas.{name}")
            for table, (schema, name) in DECLARED.get(stage, {}).items()
            if (path / table).is_dir()}
     try:
-        recorded = json.loads((path / MANIFEST).read_text()).get("schema") or {}
+        recorded = json.loads((path / manifest).read_text()).get("schema") or {}
     except (OSError, ValueError):
         recorded = {}
     for table, columns in recorded.items():
         if table not in out and isinstance(columns, dict):
-            out[table] = (dict(columns), f"{stage}/{path.name}/{MANIFEST}")
+            out[table] = (dict(columns), f"{stage}/{path.name}/{manifest}")
     return out
 
 
-def check_tables(path: str | os.PathLike, stage: str) -> int:
+def check_tables(path: str | os.PathLike, stage: str, *, manifest: str = "manifest.json",
+                 producer: str | None = None) -> int:
     """Fail with :class:`SchemaMismatch` at the first table file whose schema is not declared's.
 
-    ``path`` is a complete version of ``stage``. Returns the number of files checked.
+    ``path`` is a complete version of ``stage`` (its manifest file named ``manifest``;
+    ``producer``: the job that rebuilds it). Returns the number of files checked.
     """
     path = Path(path)
-    todo = f"rebuild it: python {PRODUCERS.get(stage, 'jobs/pipeline.py')} force=true"
+    todo = f"rebuild it: python {producer or 'jobs/pipeline.py'} force=true"
     checked = 0
-    for table, (columns, where) in sorted(_expected(stage, path).items()):
+    for table, (columns, where) in sorted(_expected(stage, path, manifest).items()):
         table_dir = path / table
         if not table_dir.is_dir():
             raise SchemaMismatch(f"{stage}/{path.name}: table '{table}' is missing "

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.errors import PipelineError
+from pipeline.errors import CorruptFile, PipelineError
+from pipeline.io.table_check import check_tables
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +141,6 @@ def resolve(run_dir: str | os.PathLike, stage: str, version: str | None = None) 
     return path
 
 
-class CorruptFile(PipelineError):
-    """A Parquet file of a published version (or of a source) cannot be read."""
-
-
 PARQUET_MAGIC = b"PAR1"
 
 
@@ -179,8 +176,7 @@ def check_version(run_dir: str | os.PathLike, stage: str, version: str | None = 
         check_parquet(path)
     except CorruptFile as e:
         raise CorruptFile(f"{stage}/{path.name}: {e}; rebuild the stage (force=true)") from None
-    from pipeline.io.table_check import check_tables   # pyarrow and Spark's types, when read
-    check_tables(path, stage)
+    check_tables(path, stage, manifest=MANIFEST, producer=PRODUCERS.get(stage))
     return path
 
 
