@@ -162,7 +162,7 @@ def test_published_query_vectors(spark, make_cfg):
     emb = read_embeddings(cfg.run_dir, run_infer(spark, cfg).version)
     np.testing.assert_allclose(emb.matrix, reference(model, features, neighbors), rtol=0, atol=1e-5)
     with torch.no_grad():
-        expect = model.query(torch.from_numpy(emb.matrix), torch.arange(N_ITEMS)).numpy()
+        expect = model.query(torch.tensor(emb.matrix), torch.arange(N_ITEMS)).numpy()
     np.testing.assert_array_equal(emb.queries, expect)
     u = model.query_shift.detach().numpy()
     np.testing.assert_array_equal(emb.queries[TRAINED:], emb.matrix[TRAINED:] + u)
