@@ -43,18 +43,18 @@ def test_missing_column(spark, make_cfg, tmp_path):
 def test_null_ids(spark, make_cfg, tmp_path):
     msg, path = expect_error(spark, make_cfg, tmp_path, "src,dst\na,b\n,c\nd,\n")
     assert msg == (
-        f"edges from {path}: 2 bad rows; {HINT}\n"
-        f"  {path}: column 'dst' (data.dst_col): 1 of 3 rows: missing id; "
-        '''e.g. {"src":"d","dst":null}\n'''
-        f"  {path}: column 'src' (data.src_col): 1 of 3 rows: missing id; "
+        f"edges from {path}: 2 bad rows; {HINT}: "
+        f"{path}: column 'dst' (data.dst_col): 1 of 3 rows: missing id; "
+        '''e.g. {"src":"d","dst":null} | '''
+        f"{path}: column 'src' (data.src_col): 1 of 3 rows: missing id; "
         '''e.g. {"src":null,"dst":"c"}''')
 
 
 def test_non_numeric_time(spark, make_cfg, tmp_path):
     msg, path = expect_error(spark, make_cfg, tmp_path, "src,dst,t\na,b,1\nc,d,yesterday\ne,f,\n",
                              "data.time_col=t")
-    assert msg == (f"edges from {path}: 1 bad row; {HINT}\n"
-                   f"  {path}: column 't' (data.time_col): 1 of 3 rows: not numeric; "
+    assert msg == (f"edges from {path}: 1 bad row; {HINT}: "
+                   f"{path}: column 't' (data.time_col): 1 of 3 rows: not numeric; "
                    '''e.g. {"src":"c","dst":"d","t":"yesterday"}''')
 
 
@@ -62,19 +62,19 @@ def test_bad_weights(spark, make_cfg, tmp_path):
     msg, path = expect_error(spark, make_cfg, tmp_path,
                              "src,dst,w\na,b,1\nc,d,heavy\ne,f,-1\ng,h,\ni,j,NaN\n", "data.weight_col=w")
     assert msg == (
-        f"edges from {path}: 4 bad rows; {HINT}\n"
-        f"  {path}: column 'w' (data.weight_col): 1 of 5 rows: missing value; "
-        '''e.g. {"src":"g","dst":"h","w":null}\n'''
-        f"  {path}: column 'w' (data.weight_col): 2 of 5 rows: negative or not finite; "
-        '''e.g. {"src":"e","dst":"f","w":"-1"}\n'''
-        f"  {path}: column 'w' (data.weight_col): 1 of 5 rows: not numeric; "
+        f"edges from {path}: 4 bad rows; {HINT}: "
+        f"{path}: column 'w' (data.weight_col): 1 of 5 rows: missing value; "
+        '''e.g. {"src":"g","dst":"h","w":null} | '''
+        f"{path}: column 'w' (data.weight_col): 2 of 5 rows: negative or not finite; "
+        '''e.g. {"src":"e","dst":"f","w":"-1"} | '''
+        f"{path}: column 'w' (data.weight_col): 1 of 5 rows: not numeric; "
         '''e.g. {"src":"c","dst":"d","w":"heavy"}''')
 
 
 def test_malformed_lines(spark, make_cfg, tmp_path):
     msg, path = expect_error(spark, make_cfg, tmp_path, "src,dst\na,b\nc,d,e\nf\n")
-    assert msg == (f"edges from {path}: 2 bad rows; {HINT}\n"
-                   f"  {path}: every column: 2 of 3 rows: malformed line (wrong number of fields); "
+    assert msg == (f"edges from {path}: 2 bad rows; {HINT}: "
+                   f"{path}: every column: 2 of 3 rows: malformed line (wrong number of fields); "
                    '''e.g. {"line":"c,d,e"}''')
 
 
@@ -88,16 +88,16 @@ def _features_error(spark, make_cfg, tmp_path, table) -> tuple[str, str]:
 def test_features_wrong_width(spark, make_cfg, tmp_path):
     msg, fpath = _features_error(spark, make_cfg, tmp_path, pa.table(
         {"id": ["a", "b", "c"], "v": [[1.0, 2.0], [1.0, 2.0], [1.0]]}))
-    assert msg == (f"features from {fpath}: 1 bad row; {HINT}\n"
-                   f"  {fpath}: column 'v': 1 of 3 rows: wrong width (expected 2); "
+    assert msg == (f"features from {fpath}: 1 bad row; {HINT}: "
+                   f"{fpath}: column 'v': 1 of 3 rows: wrong width (expected 2); "
                    '''e.g. {"id":"c","features":[1.0]}''')
 
 
 def test_features_nan(spark, make_cfg, tmp_path):
     msg, fpath = _features_error(spark, make_cfg, tmp_path, pa.table(
         {"id": ["a", "b", "c"], "f0": [1.0, float("nan"), 2.0], "f1": [1, 2, 3]}))
-    assert msg == (f"features from {fpath}: 1 bad row; {HINT}\n"
-                   f"  {fpath}: column 'f0, f1': 1 of 3 rows: NaN or infinite value; "
+    assert msg == (f"features from {fpath}: 1 bad row; {HINT}: "
+                   f"{fpath}: column 'f0, f1': 1 of 3 rows: NaN or infinite value; "
                    '''e.g. {"id":"b","features":["NaN",2.0]}''')
 
 
@@ -188,13 +188,14 @@ def test_one_percent_bad_rows_at_scale(spark, make_cfg, tmp_path, mode):
     if mode == "fail":
         with pytest.raises(IngestError) as err:
             run_ingest(spark, cfg)
-        head, *problems = str(err.value).split("\n")
-        assert head == f"edges from {path}: 200 bad rows; {HINT}"
-        got = [p.split("; e.g. ") for p in problems]
+        assert "\n" not in str(err.value)                  # one line
+        head, rest = str(err.value).split(f"{HINT}: ")
+        assert head == f"edges from {path}: 200 bad rows; "
+        got = [p.split("; e.g. ") for p in rest.split(" | ")]
         assert [g[0] for g in got] == [
-            f"  {path}: every column: 66 of 20000 rows: malformed line (wrong number of fields)",
-            f"  {path}: column 'src' (data.src_col): 67 of 20000 rows: missing id",
-            f"  {path}: column 't' (data.time_col): 67 of 20000 rows: not numeric"]
+            f"{path}: every column: 66 of 20000 rows: malformed line (wrong number of fields)",
+            f"{path}: column 'src' (data.src_col): 67 of 20000 rows: missing id",
+            f"{path}: column 't' (data.time_col): 67 of 20000 rows: not numeric"]
         # Each example is one of the bad rows of its kind, shown verbatim.
         bad = {i: lines[i + 1] for i in range(7, 20_000, 100)}
         line = json.loads(got[0][1])["line"]

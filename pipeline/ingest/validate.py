@@ -116,17 +116,19 @@ def summarize(tagged: DataFrame, data_cols: list[str]) -> list[dict]:
 
 def describe_problems(problems: list[dict], total: int, labels: dict[str, str],
                       what: str) -> str:
-    lines = []
+    """One line (a job's error is one line): the count and what to do, then each problem
+    (files, column, rows, reason and an example row), separated by `` | ``."""
+    parts = []
     for p in problems:
         label = labels.get((p["column"], p["reason"]), "")
         files = ", ".join(p["files"][:3]) + (f" (+{len(p['files']) - 3} more)" if len(p["files"]) > 3 else "")
         col = "every column" if p["column"] == "*" else f"column '{p['column']}'{label}"
-        lines.append(f"{files}: {col}: {p['count']} of {total} rows: {p['reason']}; "
+        parts.append(f"{files}: {col}: {p['count']} of {total} rows: {p['reason']}; "
                      f"e.g. {p['example']}")
     n = sum(p["count"] for p in problems)
     return (f"{what}: {n} bad row{'' if n == 1 else 's'}; "
-            f"set ingest.on_bad_rows=quarantine to move them to the quarantine table instead\n  "
-            + "\n  ".join(lines))
+            f"set ingest.on_bad_rows=quarantine to move them to the quarantine table instead: "
+            + " | ".join(parts))
 
 
 def split(df: DataFrame, checks: list[Check], data_cols: list[str], *, total: int,
