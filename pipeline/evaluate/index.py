@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
-from pipeline.io.embeddings import read_embeddings
+from pipeline.io.embeddings import list_column, read_embeddings
 from pipeline.io.kinds import RETIRED_ID
 from pipeline.io.stage import Stage
 from pipeline.metrics import drop_query
@@ -152,11 +152,8 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
     quality = {f"recall@{k}": round(recall(approx_top, exact_top, k), 4) for k in ev.ks}
     with stage.publish() as out:
         faiss.write_index(index, str(out.path / INDEX_FILE))
-        d = query_vectors.shape[1]
         table = pa.table({"node": pa.array(node, pa.int64()), "id": pa.array(ids, pa.string()),
-                          "query": pa.ListArray.from_arrays(
-                              pa.array(np.arange(0, (len(node) + 1) * d, d, dtype=np.int32)),
-                              pa.array(query_vectors.reshape(-1)))},
+                          "query": list_column(query_vectors)},
                          schema=to_arrow_schema(schemas.INDEX_ITEMS))
         (out.path / ITEMS_TABLE).mkdir()
         pq.write_table(table, out.path / ITEMS_TABLE / "part-0.parquet")

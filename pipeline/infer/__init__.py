@@ -228,9 +228,10 @@ def _embed_changed(spark: SparkSession, run_dir: str, plan: incremental.Plan, it
               message_dtype=message_dtype, batch_rows=batch_rows, depth=depth)
         fresh = spark.read.parquet(scratch)
         kept = kept.join(fresh.select("node"), "node", "left_anti")
-    merged = kept.join(items.select("node", "id"), "node").select("node", "id", "embedding", "query")
+    columns = ("node", "id", "embedding", "query")
+    merged = kept.join(items.select("node", "id"), "node").select(*columns)
     if plan.recomputed:
-        merged = merged.unionByName(fresh.select("node", "id", "embedding", "query"))
+        merged = merged.unionByName(fresh.select(*columns))
     _write_embeddings(merged, out_path)
 
 

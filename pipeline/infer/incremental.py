@@ -84,8 +84,8 @@ def changed_items(old_items: DataFrame, new_items: DataFrame, old_nb: DataFrame,
 
 
 def plan(spark: SparkSession, run_dir: str, previous: str, inputs: dict[str, str], params: dict,
-         code: dict[str, str], items: DataFrame, neighbors: DataFrame, *, n_items: int, num_neighbors: int,
-         num_layers: int) -> tuple[Plan | None, str]:
+         code: dict[str, str], items: DataFrame, neighbors: DataFrame, *, n_items: int,
+         num_neighbors: int, num_layers: int) -> tuple[Plan | None, str]:
     """What to recompute to turn ``embeddings/previous`` into the embeddings of ``inputs``.
 
     Returns ``(None, reason)`` when ``previous`` cannot be reused: another

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import torch
 
 from pipeline.io.arrays import pad_lists
+from pipeline.io.embeddings import list_column
 from pipeline.model import PinSage, build_model
 
 MESSAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16,
@@ -238,11 +239,8 @@ def embedding_batch(model: PinSage, node: np.ndarray, ids: pa.Array, h: torch.Te
     z = fixed_shape(model.output, h)
     q = model.query(z, torch.tensor(node)).contiguous().numpy().astype(np.float32, copy=False)
     z = z.contiguous().numpy().astype(np.float32, copy=False)
-    n, d = z.shape
-    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)[:n + 1])
-    return pa.RecordBatch.from_arrays(
-        [pa.array(node, pa.int64()), ids, pa.ListArray.from_arrays(offsets, pa.array(z.reshape(-1))),
-         pa.ListArray.from_arrays(offsets, pa.array(q.reshape(-1)))], schema=EMBEDDING_ARROW)
+    return pa.RecordBatch.from_arrays([pa.array(node, pa.int64()), ids, list_column(z),
+                                       list_column(q)], schema=EMBEDDING_ARROW)
 
 
 def input_layer(model: PinSage, batches: Iterator[pa.RecordBatch], *, num_neighbors: int,

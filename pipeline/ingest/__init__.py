@@ -47,8 +47,9 @@ def _stage_config(cfg) -> dict:
 def _stage(cfg, files: list[str], id_map_from: str | None) -> Stage:
     """The ``graph`` stage: its source files' identities count as parameters; the
     version it keeps ids from is recorded, not fingerprinted (it is always the latest)."""
-    return Stage(cfg.run_dir, STAGE, inputs={},
-                 params={**_stage_config(cfg), "files": [versioned.file_identity(f) for f in files]}, keep=cfg.keep_versions, force=cfg.force,
+    files = [versioned.file_identity(f) for f in files]
+    return Stage(cfg.run_dir, STAGE, inputs={}, params={**_stage_config(cfg), "files": files},
+                 keep=cfg.keep_versions, force=cfg.force,
                  recorded_inputs={"id_map": id_map_from} if id_map_from else {})
 
 

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from pipeline.io import versioned
@@ -32,6 +33,13 @@ def read_embeddings(run_dir: str | os.PathLike, version: str | None = None) -> E
     return Embeddings(version=path.name, node=table.column("node").to_numpy(),
                       id=table.column("id").to_pylist(), matrix=vectors(table.column("embedding")),
                       queries=vectors(table.column("query")))
+
+
+def list_column(matrix: np.ndarray) -> pa.ListArray:
+    """An (n, d) matrix as an Arrow column of n lists of d values (inverse of :func:`vectors`)."""
+    n, d = matrix.shape
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)),
+                                    pa.array(matrix.reshape(-1)))
 
 
 def vectors(column) -> np.ndarray:

@@ -21,7 +21,7 @@ def _read(run_dir: str | os.PathLike, stage: str, version: str | None) -> dict:
 @dataclass(frozen=True)
 class GraphManifest:
     version: str
-    n_items: int                # item ids are 0 .. n_items - 1 (placeholders of removed ones included)
+    n_items: int                # item ids are 0 .. n_items - 1 (removed items' placeholders too)
     n_nodes: int                # items, then users on a bipartite graph
     bipartite: bool
     feature_dim: int
@@ -31,7 +31,11 @@ class GraphManifest:
 
     @classmethod
     def read(cls, run_dir: str | os.PathLike, version: str | None = None) -> GraphManifest:
-        m = _read(run_dir, "graph", version)
+        return cls.of(_read(run_dir, "graph", version))
+
+    @classmethod
+    def of(cls, m: dict) -> GraphManifest:
+        """From a graph manifest already read (``pipeline.ingest.read_graph`` returns one)."""
         c = m["counts"]
         return cls(version=m["version"], n_items=int(c["nodes"].get(ITEM, 0)),
                    n_nodes=int(c["nodes_out"]), bipartite=bool(m["bipartite"]),

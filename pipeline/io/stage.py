@@ -37,7 +37,8 @@ _SAMPLING = ("pipeline.sampling",)
 GRAPH: dict[str, Spec] = {
     "graph": Spec((), ("pipeline.ingest",)),
     # source_split: the evaluated split whose inductive view this is (eval.protocol=new_items).
-    "split": Spec(("graph", "source_split"), ("pipeline.sampling.split", "pipeline.sampling.new_items"), _SAMPLING),
+    "split": Spec(("graph", "source_split"),
+                  ("pipeline.sampling.split", "pipeline.sampling.new_items"), _SAMPLING),
     "neighbors": Spec(("split",), ("pipeline.sampling.memory_mode", "pipeline.sampling.join_mode",
                                    "pipeline.sampling.incremental"), _SAMPLING),
     "pairs": Spec(("split", "neighbors"), ("pipeline.sampling.pairs",), _SAMPLING),

@@ -179,7 +179,8 @@ def run_refresh(spark: SparkSession, cfg) -> RefreshResult:
         counts["seconds"] = round(time.perf_counter() - t0, 2)
         # A release is always new (it records what was checked); never reused.
         release = Stage(run_dir, STAGE, versions,
-                        {"refresh": OmegaConf.to_container(r, resolve=True)}, keep=max(1, r.keep_versions))
+                        {"refresh": OmegaConf.to_container(r, resolve=True)},
+                        keep=max(1, r.keep_versions))
         with release.publish() as out:
             out.manifest.update({"versions": versions, "metrics": metrics, "counts": counts,
                                  "previous": prev["version"] if prev else None})

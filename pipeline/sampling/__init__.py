@@ -304,11 +304,11 @@ def _publish_pairs(spark: SparkSession, st: Stages, s, seed: int, train_edges: D
                    ranked: DataFrame, bipartite: bool) -> None:
     """Publish ``pairs``: positive pairs from co-engagement, and each query's hard candidates."""
     result = st.result
-    has_time = train_edges.where(F.col("time").isNotNull()).limit(1).count() > 0
     pair_params = {"pair_window": s.pair_window, "repeat_pairs": s.repeat_pairs, "seed": seed}
     inputs = {"split": result.versions["split"], "neighbors": result.versions["neighbors"]}
     stage = st.stage("pairs", inputs, pair_params)
     if not st.reuse(stage):
+        has_time = train_edges.where(F.col("time").isNotNull()).limit(1).count() > 0
         pairs, how = pairing.build_pairs(train_edges, bipartite=bipartite, has_time=has_time,
                                          window=s.pair_window, seed=seed, repeat=s.repeat_pairs)
         with stage.publish() as out:
@@ -389,7 +389,7 @@ def _sample(spark: SparkSession, cfg, neighbors_from: str | None, training: bool
     _validate(cfg)
     s, run_dir, seed = cfg.sample, cfg.run_dir, int(cfg.seed)
     nodes, edges, raw = read_graph(spark, run_dir)
-    graph = GraphManifest.read(run_dir, raw["version"])
+    graph = GraphManifest.of(raw)
     n_items, n_nodes, bipartite = graph.n_items, graph.n_nodes, graph.bipartite
     st = Stages(run_dir, force=cfg.force, keep=cfg.keep_versions)
     result = st.result

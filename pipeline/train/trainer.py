@@ -223,9 +223,11 @@ def unseen_id_rows(model, items: np.ndarray, check: bool = False) -> None:
     They get no gradient (never in a minibatch), so Adam keeps them at zero:
     at inference such an item is embedded from its features and neighbours alone.
     """
+    if len(items) == 0:
+        return
     tables = [t for t in (model.id_emb if model.id_embedding == "on" else None,
                           model.query_offset) if t is not None]
-    for table in tables if len(items) else []:
+    for table in tables:
         rows = torch.as_tensor(items, dtype=torch.int64, device=table.weight.device)
         if check:
             if bool(table.weight[rows].any()):
