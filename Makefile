@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(PY) jobs/pipeline.py $(ARGS)
 
-# The standalone-cluster test (marker `cluster`, about 4 minutes of JVMs) runs
-# with `make test-cluster`; everything else runs here, in under 15 minutes on 2 cores.
+# The full-pipeline standalone-cluster test (marker `cluster`, about 4 minutes of
+# JVMs) runs with `make test-cluster`; everything else runs here, the lean cluster
+# test (a worker killed mid-task, its task re-run) included, in under 15 minutes on 2 cores.
 PYTEST_ARGS ?= -m "not cluster"
 
 test: venv
