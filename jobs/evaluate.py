@@ -2,7 +2,6 @@
 
     python jobs/evaluate.py                                  # after jobs/infer.py
     python jobs/evaluate.py eval.kind=validation             # tuning: never look at test
-    python jobs/evaluate.py eval.compare_aggregators=true    # one row per other aggregator
 """
 import _paths  # noqa: F401  (must come first)
 import hydra

@@ -225,11 +225,6 @@ class EvalConfig:
     lightgcn_batch_size: int = setting(8192, "lightgcn: training edges per BPR minibatch")
     lightgcn_max_steps: int = setting(
         200, "lightgcn: minibatches at most (each propagates the whole graph)")
-    compare_aggregators: bool = setting(
-        False, "true: train and score one extra model per other aggregator")
-    aggregators: List[str] = setting(
-        ["importance", "mean", "max", "gatv2", "gated"],
-        "compare_aggregators: the aggregators compared")
     index: str = setting("hnsw", "serving index published as stage `index`: hnsw | ivf")
     index_m: int = setting(32, "hnsw: links per node")
     index_ef_construction: int = setting(200, "hnsw: candidate list size while building")
@@ -247,6 +242,13 @@ class AblateConfig:
     rows: Dict[str, List[str]] = setting(
         {}, "row name -> overrides of sample.*, model.* or train.* (conf/ablate/default.yaml "
             "lists them)")
+
+
+@dataclass
+class CompareConfig:
+    aggregators: List[str] = setting(
+        ["importance", "mean", "max", "gatv2", "gated"],
+        "one model per aggregator, trained beside the run and scored on eval.kind rows")
 
 
 @dataclass
@@ -280,6 +282,8 @@ class Config:
     refresh: RefreshConfig = group(RefreshConfig, "the scheduled refresh and its release gate "
                                                   "(jobs/refresh.py)")
     ablate: AblateConfig = group(AblateConfig, "the ablation table's rows (jobs/ablate.py)")
+    compare: CompareConfig = group(CompareConfig, "the aggregator comparison "
+                                                  "(jobs/compare_aggregators.py)")
     spark: SparkConfig = group(SparkConfig, "the Spark session every Spark job starts")
     run_dir: str = setting("runs/${data.name}", "directory of the run's versioned stages and "
                                                 "logs")

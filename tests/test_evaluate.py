@@ -391,27 +391,36 @@ def test_similar_items_serves_the_released_index_not_a_newer_one(small_run, tmp_
     assert similar_items(str(tmp_path), ["m0"], k=5)[0] == answers[0]
 
 
-def test_compare_aggregators_trains_variants_beside_the_run(small_run):
-    """Each variant is a real model on the run's own stages; the served ``model`` stage is untouched."""
+def test_compare_aggregators_trains_models_beside_the_run(small_run):
+    """jobs/compare_aggregators.py: each aggregator is a real model on the run's own stages,
+    scored on the evaluation's rows; the run's ``model`` stage is untouched, a re-run reuses
+    every model and the ``compare`` stage."""
+    from pipeline.evaluate.compare import run_compare_aggregators
     from pipeline.evaluate.variants import train_and_embed
     cfg, _, items = small_run
-    cfg = OmegaConf.merge(cfg, {"eval": {"compare_aggregators": True, "aggregators": ["mean"],
-                                         "baselines": ["popularity"]},
+    cfg = OmegaConf.merge(cfg, {"compare": {"aggregators": ["importance", "mean"]},
                                 "train": {"epochs": 1}, "model": {"hidden_dim": 8}})
-    result = run_evaluate(cfg)
-    assert set(result.metrics["methods"]) == {"popularity", "pinsage", "pinsage[mean]"}
-    version = result.metrics["versions"]["model[mean]"]
-    sub = Path(cfg.run_dir) / "_compare" / "aggregator=mean"
-    assert versioned.read_manifest(str(sub), "model", version)["model"]["aggregator"] == "mean"
-    for stage in ("graph", "split", "neighbors", "batches"):
-        assert (sub / stage).resolve() == (Path(cfg.run_dir) / stage).resolve()
+    result = run_compare_aggregators(cfg)
+    assert not result.reused and set(result.metrics["methods"]) == {"importance", "mean"}
+    assert result.metrics["num_queries"] == 50 and result.metrics["split"] == "test"
+    for agg, version in result.metrics["models"].items():
+        sub = Path(cfg.run_dir) / "_compare" / f"aggregator={agg}"
+        assert versioned.read_manifest(str(sub), "model", version)["model"]["aggregator"] == agg
+        for stage in ("graph", "split", "neighbors", "batches"):
+            assert (sub / stage).resolve() == (Path(cfg.run_dir) / stage).resolve()
+        m = result.metrics["methods"][agg]
+        assert 0 <= m["hit_rate@5"] <= m["hit_rate@10"] <= 1
     assert not (Path(cfg.run_dir) / "model").exists()
-    (matrix, _), again = train_and_embed(cfg, "mean")     # published once, then reused
-    assert again == version
+    (matrix, _), again = train_and_embed(cfg, "mean")      # published once, then reused
+    assert again == result.metrics["models"]["mean"]
     assert matrix.shape == (len(items), 8)
     np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1, rtol=1e-5)
-    m = result.metrics["methods"]["pinsage[mean]"]
-    assert 0 <= m["hit_rate@5"] <= m["hit_rate@10"] <= 1
+    rerun = run_compare_aggregators(cfg)
+    assert rerun.reused and rerun.version == result.version and rerun.metrics == result.metrics
+    manifest = versioned.read_manifest(cfg.run_dir, "compare")
+    assert set(manifest["inputs"]) == {"graph", "split", "neighbors", "batches"}
+    with pytest.raises(PipelineError, match="compare.aggregators"):
+        run_compare_aggregators(OmegaConf.merge(cfg, {"compare": {"aggregators": ["median"]}}))
 
 
 def test_every_method_is_scored_on_the_same_rows(small_run, monkeypatch):

@@ -66,11 +66,11 @@ def test_editing_a_module_changes_the_code_of_the_stages_that_run_it(tmp_path):
         after = _versions(root)
         # The release is never reused (each is a new decision), so it is left out.
         changed[module] = {s for s in GRAPH if before[s] != after[s]} - {"release"}
-    # eval: its random_walk baseline; ablation: it samples its rows itself.
-    assert changed["sampling/walks.py"] == {"neighbors", "eval", "ablation"}
+    # eval and compare: the baselines module (its random_walk); ablation: it samples its rows.
+    assert changed["sampling/walks.py"] == {"neighbors", "eval", "ablation", "compare"}
     assert changed["sampling/pairs.py"] == {"pairs", "ablation"}
-    assert changed["evaluate/report.py"] == {"eval", "ablation"}
-    assert changed["model/pinsage.py"] == {"model", "embeddings", "eval", "ablation"}
+    assert changed["evaluate/report.py"] == {"eval", "ablation", "compare"}
+    assert changed["model/pinsage.py"] == {"model", "embeddings", "eval", "ablation", "compare"}
     # neighbors and embeddings: incremental runs check ids are numbered from the old graph.
     assert changed["ingest/sources.py"] == {"graph", "neighbors", "embeddings", "eval", "ablation"}
 

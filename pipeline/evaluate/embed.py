@@ -1,9 +1,9 @@
 """Item embeddings of a trained model computed in memory (``full_graph_embed``).
 
 The ``pinsage`` row of the evaluation reads the published ``embeddings``
-stage; the extra aggregators of ``eval.compare_aggregators`` are trained only
-for the comparison and embedded here, with the same features and
-neighbourhoods their model was trained on.
+stage; the models trained only to be compared (``pipeline.evaluate.variants``)
+are embedded here, with the same features and neighbourhoods they were
+trained on.
 """
 from __future__ import annotations
 

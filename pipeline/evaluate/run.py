@@ -23,7 +23,6 @@ from pipeline.io import versioned
 from pipeline.io.embeddings import read_embeddings
 from pipeline.io.manifests import ModelManifest, SplitManifest
 from pipeline.io.stage import Stage
-from pipeline.model.layers import check_aggregator
 from pipeline.sampling import new_items
 
 log = logging.getLogger(__name__)
@@ -70,12 +69,6 @@ def _validate(ev) -> None:
                 "lightgcn_epochs", "lightgcn_batch_size", "lightgcn_max_steps"):
         if ev[key] < 1:
             raise PipelineError(f"eval.{key} must be >= 1, got {ev[key]}")
-    if ev.compare_aggregators:
-        for agg in ev.aggregators:
-            try:
-                check_aggregator(agg)
-            except ValueError as e:
-                raise PipelineError(f"eval.aggregators: {e}") from None
 
 
 def lineage(run_dir: str, stage: str, version: str) -> dict[str, str]:
@@ -175,36 +168,23 @@ def _params(cfg, data: eval_data.EvalData) -> dict:
     if "random_walk" in ev.baselines:   # it ranks with the sampler's settings
         params["random_walk"] = {k: cfg.sample[k] for k in RANDOM_WALK_KEYS}
     params["names"] = {k: cfg.data[k] for k in REPORT_ONLY}
-    if ev.compare_aggregators or new_items.is_inductive(cfg.run_dir, data.split_version):
+    if new_items.is_inductive(cfg.run_dir, data.split_version):
         params["variants"] = {"model": OmegaConf.to_container(cfg.model, resolve=True),
                               "train": OmegaConf.to_container(cfg.train, resolve=True)}
     return params
 
 
-def _variant_methods(cfg, data: eval_data.EvalData, kmax: int, variants: dict[str, str],
-                     model_aggregator: str | None) -> dict:
-    """PinSage rows trained for this evaluation: one per other aggregator
-    (``eval.compare_aggregators``) and, under ``new_items``, the retrained upper bound.
-    Each records the model version it trained in ``variants``."""
-    methods = {}
-    if cfg.eval.compare_aggregators:
-        for agg in cfg.eval.aggregators:
-            if agg == model_aggregator:
-                continue
-            name = f"{OURS}[{agg}]"
+def _variant_methods(cfg, data: eval_data.EvalData, kmax: int, variants: dict[str, str]) -> dict:
+    """Under ``new_items``, the retrained upper bound: a PinSage row trained for this
+    evaluation, which records the model version it trained in ``variants``."""
+    if not new_items.is_inductive(cfg.run_dir, data.split_version):
+        return {}
 
-            def run_variant(q, agg=agg, name=name):
-                (matrix, query_vectors), version = variants_mod.train_and_embed(cfg, agg)
-                variants[name] = version
-                return baselines.embedding_topk(matrix, q, kmax, data.live, query_vectors)
-            methods[name] = run_variant
-    if new_items.is_inductive(cfg.run_dir, data.split_version):
-        def run_retrained(q):
-            (matrix, query_vectors), version = variants_mod.retrained(cfg)
-            variants[RETRAINED] = version
-            return baselines.embedding_topk(matrix, q, kmax, data.live, query_vectors)
-        methods[RETRAINED] = run_retrained
-    return methods
+    def run_retrained(q):
+        (matrix, query_vectors), version = variants_mod.retrained(cfg)
+        variants[RETRAINED] = version
+        return baselines.embedding_topk(matrix, q, kmax, data.live, query_vectors)
+    return {RETRAINED: run_retrained}
 
 
 def _score(methods: dict, uniq: np.ndarray, inverse: np.ndarray, data: eval_data.EvalData,
@@ -309,8 +289,7 @@ def run_evaluate(cfg) -> EvalResult:
     origin = lineage(run_dir, "embeddings", emb.version)
     model_manifest = ModelManifest.read(run_dir, origin["model"]) if "model" in origin else None
     variants: dict[str, str] = {}       # variant row -> the model version it trained
-    methods.update(_variant_methods(cfg, data, kmax, variants,
-                                    model_manifest.aggregator if model_manifest else None))
+    methods.update(_variant_methods(cfg, data, kmax, variants))
     ranks, tops, seconds = _score(methods, uniq, inverse, data, ks)
 
     metrics, best = _metrics(cfg, data, ranks, seconds, notes, idx, inputs, variants)

@@ -1,8 +1,9 @@
 """Models trained beside the run, only to be compared with it.
 
-* ``eval.compare_aggregators``: one extra PinSage model per other aggregator,
-  trained by the ordinary trainer on the SAME split, neighbourhoods and
-  minibatches, in ``<run_dir>/_compare/aggregator=<name>/``.
+* the aggregator comparison (``jobs/compare_aggregators.py``): one PinSage
+  model per aggregator of ``compare.aggregators``, trained by the ordinary
+  trainer on the SAME split, neighbourhoods and minibatches, in
+  ``<run_dir>/_compare/aggregator=<name>/``.
 * ``eval.protocol=new_items``: ``pinsage_retrained``, the run's configuration
   trained on the run's own minibatches, new items' edges included (the upper
   bound of the inductive model), in ``<run_dir>/_compare/retrained/``.

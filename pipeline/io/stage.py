@@ -49,6 +49,7 @@ GRAPH: dict[str, Spec] = {
     "index": Spec(("embeddings",), ("pipeline.evaluate.index",)),
     "eval": Spec(("split", "embeddings", "index"), ("pipeline.evaluate.run",)),
     "ablation": Spec(("graph", "split"), ("pipeline.ablate",)),
+    "compare": Spec(("graph", "split", "neighbors", "batches"), ("pipeline.evaluate.compare",)),
     "release": Spec(("graph", "split", "neighbors", "pairs", "batches", "model", "embeddings",
                      "index"), ("pipeline.refresh",)),
 }
