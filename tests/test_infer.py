@@ -19,6 +19,7 @@ from pipeline.infer import check_compatible, incremental, kernels, run_infer
 from pipeline.io import versioned
 from pipeline.io.arrays import dense_neighbors
 from pipeline.io.embeddings import read_embeddings
+from pipeline.io.manifests import GraphManifest, ModelManifest, NeighborsManifest
 from pipeline.model import AGGREGATORS, PinSage, build_model
 
 FEATURE_DIM, HIDDEN, T = 5, 8, 4
@@ -67,29 +68,23 @@ def publish_graph(run_dir: str, features: np.ndarray, neighbors: pa.Table,
                            inputs={"id_map": id_map} if id_map else {}) as out:
         Path(out.table_path("nodes")).mkdir()
         pq.write_table(nodes, Path(out.table_path("nodes")) / "part-0.parquet")
-        out.manifest.update(bipartite=True, counts={
-            "feature_dim": FEATURE_DIM, "nodes": {"item": n, "user": USERS},
-            "nodes_out": n + USERS, "edges_out": 0})
-    with versioned.publish(run_dir, "neighbors", f"n{n}-{id_map}", config={"num_neighbors": T},
+        out.manifest.update(GraphManifest(n_items=n, n_nodes=n + USERS, bipartite=True,
+                                          feature_dim=FEATURE_DIM,
+                                          counts={"nodes": {"user": USERS}}).entries())
+    with versioned.publish(run_dir, "neighbors", f"n{n}-{id_map}",
                            inputs={"split": "none"}) as out:
-        out.manifest["counts"] = {"hard_window_ranks": [0, 0]}
+        out.manifest.update(NeighborsManifest(num_neighbors=T).entries())
         Path(out.table_path("neighbors")).mkdir()
         pq.write_table(neighbors, Path(out.table_path("neighbors")) / "part-0.parquet")
 
 
-def publish_inputs(run_dir: str, model: PinSage, features: np.ndarray, neighbors: pa.Table,
-                   id_embedding: str = "on") -> None:
-    """The ``graph``, ``neighbors`` and ``model`` stages as their jobs would publish them."""
-    publish_graph(run_dir, features, neighbors)
-    with versioned.publish(run_dir, "model", "m") as out:
+def publish_inputs(cfg, model: PinSage, features: np.ndarray, neighbors: pa.Table) -> None:
+    """The ``graph``, ``neighbors`` and ``model`` stages as their jobs would publish them
+    (``model`` is one of ``cfg.model``)."""
+    publish_graph(cfg.run_dir, features, neighbors)
+    with versioned.publish(cfg.run_dir, "model", "m") as out:
         torch.save(model.state_dict(), out.path / "model.pt")
-        out.manifest["model"] = {"feature_dim": FEATURE_DIM, "num_items": TRAINED,
-                                 "num_neighbors": T, "num_layers": model.num_layers,
-                                 "hidden_dim": model.hidden_dim, "aggregator": model.aggregator,
-                                 "id_embedding": id_embedding, "id_buckets": 11,
-                                 "head_layers": model.head_layers,
-                                 "item_bias": model.item_bias,
-                                 "query_offsets": model.query_offset is not None}
+        out.manifest.update(ModelManifest.for_config(cfg.model, FEATURE_DIM, TRAINED, T).entries())
 
 
 def reference(model: PinSage, features: np.ndarray, neighbors: pa.Table) -> np.ndarray:
@@ -117,10 +112,10 @@ def setup(make_cfg, agg: str, num_layers: int = 2, id_embedding: str = "on", *ov
     cfg = make_cfg(f"model.aggregator={agg}", f"model.num_layers={num_layers}",
                    f"model.hidden_dim={hidden}", f"model.id_embedding={id_embedding}",
                    f"model.head_layers={head_layers}", f"model.item_bias={item_bias}",
-                   f"model.query_offsets={query_offsets}",
+                   f"model.query_offsets={query_offsets}", "model.id_buckets=11",
                    "infer.batch_rows=13", "infer.partitions=3",
                    *overrides)
-    publish_inputs(cfg.run_dir, model, features, neighbors, id_embedding)
+    publish_inputs(cfg, model, features, neighbors)
     return cfg, model, features, neighbors
 
 
@@ -282,21 +277,24 @@ def _ball(nbrs, v, hops):
 
 
 @pytest.mark.parametrize("num_layers", [0, 1, 2, 3])
-def test_levels_against_brute_force(num_layers):
+def test_levels_against_brute_force(spark, num_layers):
     g = np.random.default_rng(num_layers)
     n = 60
-    lists = [list(g.choice(n, size=int(g.integers(0, 4)), replace=False)) for _ in range(n)]
-    nbrs = np.full((n, 3), -1, np.int64)
-    for v, ls in enumerate(lists):
-        nbrs[v, :len(ls)] = ls
-    changed = np.array([5, 17, 40])
-    depth = incremental.levels(nbrs, changed, num_layers)
-    affected = receptive_brute(lists, set(changed.tolist()), num_layers)
-    assert set(np.flatnonzero(depth == num_layers).tolist()) == affected
+    lists = [[int(x) for x in g.choice(n, size=int(g.integers(0, 4)), replace=False)]
+             for _ in range(n)]
+    neighbors = spark.createDataFrame([(v, ls) for v, ls in enumerate(lists) if ls],
+                                      "node long, neighbors array<long>")
+    changed = [5, 17, 40]
+    rows = incremental.levels(neighbors, spark.createDataFrame([(c,) for c in changed], "node long"),
+                              num_layers).collect()
+    depth = {r["node"]: r["depth"] for r in rows}
+    assert len(depth) == len(rows)
+    affected = receptive_brute(lists, set(changed), num_layers)
+    assert {v for v, d in depth.items() if d == num_layers} == affected
     assert 0 < len(affected) < n
     for k in range(num_layers + 1):      # needed after k convolutions: within K-k hops of one
         need = {v for a in affected for v in _ball(lists, a, num_layers - k)}
-        assert set(np.flatnonzero(depth >= k).tolist()) == need
+        assert {v for v, d in depth.items() if d >= k} == need
 
 
 def test_a_node_gets_the_same_bits_in_any_batch():
@@ -373,8 +371,8 @@ def test_incremental_refuses_another_model(spark, make_cfg):
     first = run_infer(spark, cfg)
     with versioned.publish(cfg.run_dir, "model", "m2") as out:
         torch.save(model.state_dict(), out.path / "model.pt")
-        out.manifest["model"] = versioned.read_manifest(cfg.run_dir, "model",
-                                                        first_model(cfg.run_dir))["model"]
+        out.manifest.update(ModelManifest(ModelManifest.read(
+            cfg.run_dir, first_model(cfg.run_dir)).spec).entries())
     again = run_infer(spark, cfg, embeddings_from=first.version)
     assert again.counts["reused_items"] == 0 and again.counts["recomputed_items"] == N_ITEMS
     assert again.counts["not_reused_because"] == f"it was made with model/{first_model(cfg.run_dir)}"

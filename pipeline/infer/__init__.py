@@ -38,7 +38,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -222,10 +221,8 @@ def _embed_changed(spark: SparkSession, run_dir: str, plan: incremental.Plan, it
     prev_dir = versioned.check_version(run_dir, STAGE, plan.previous)
     kept = spark.read.parquet(str(prev_dir / TABLE)).select("node", "embedding", "query")
     if plan.recomputed:
-        depth = spark.createDataFrame(pa.table({"node": plan.node,
-                                                "depth": plan.depth.astype(np.int32)}).to_pandas())
         embed(spark, items, neighbors, model, spec, out_path=scratch, partitions=partitions,
-              message_dtype=message_dtype, batch_rows=batch_rows, depth=depth)
+              message_dtype=message_dtype, batch_rows=batch_rows, depth=plan.depth)
         fresh = spark.read.parquet(scratch)
         kept = kept.join(fresh.select("node"), "node", "left_anti")
     columns = ("node", "id", "embedding", "query")
@@ -291,11 +288,11 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
     T = int(spec["num_neighbors"])
     plan, why = (incremental.plan(spark, run_dir, embeddings_from, inputs, params,
                                   stage.code_hashes, items, neighbors,
-                                  n_items=n_items, num_neighbors=T, num_layers=model.num_layers)
+                                  n_items=n_items, num_layers=model.num_layers)
                  if embeddings_from else (None, ""))
     if why:
         log.info("embedding every item: cannot reuse embeddings/%s: %s", embeddings_from, why)
-    computed = n_items if plan is None else len(plan.node)
+    computed = n_items if plan is None else plan.computed
     # Few partitions: a message is shipped once per partition that needs it.
     partitions = i.partitions or max(spark.sparkContext.defaultParallelism, math.ceil(
         computed * (T + 1) / REDUCE_ROWS_PER_PARTITION))

@@ -17,14 +17,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
-import pyarrow.dataset as ds
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline.ingest import numbered_from
 from pipeline.io import schemas, versioned
-from pipeline.io.arrays import dense_neighbors
 from pipeline.io.manifests import GraphManifest
 
 log = logging.getLogger(__name__)
@@ -33,41 +30,49 @@ log = logging.getLogger(__name__)
 @dataclass
 class Plan:
     previous: str          # the embeddings version whose rows are reused
-    node: np.ndarray       # items some recomputed embedding needs (sorted)
-    depth: np.ndarray      # per item of ``node``: convolutions it is needed after (0..K)
+    depth: DataFrame       # ``(node, depth)``: items some recomputed embedding needs, and the
+                           # convolutions each is needed after (0..K); checkpointed
+    computed: int          # rows of ``depth``
+    recomputed: int        # rows of ``depth`` at K: the items re-embedded
     changed_items: int     # items whose own input changed (features, neighbourhood, new)
     n_items: int
-    num_layers: int
-
-    @property
-    def recomputed(self) -> int:
-        return int((self.depth == self.num_layers).sum())
 
     @property
     def reused(self) -> int:
         return self.n_items - self.recomputed
 
 
-def levels(nbrs: np.ndarray, changed: np.ndarray, num_layers: int) -> np.ndarray:
-    """Per item, the convolutions to compute for it (-1: none; ``num_layers``: re-embed it).
+def _spread(frontier: DataFrame, edges: DataFrame, seen: DataFrame, src: str, dst: str
+            ) -> DataFrame:
+    """The ``dst`` ends of ``edges`` whose ``src`` is in ``frontier``, minus ``seen``."""
+    return (frontier.join(edges.select(F.col(src).alias("node"), F.col(dst).alias("_to")), "node")
+            .select(F.col("_to").alias("node")).distinct().join(seen, "node", "left_anti")
+            .localCheckpoint())
 
-    ``nbrs``: the new ``neighbors`` lists as an ``n_items x T`` array padded
-    with -1; ``changed``: the items whose own input changed.
+
+def levels(neighbors: DataFrame, changed: DataFrame, num_layers: int) -> DataFrame:
+    """``(node, depth)``: per item that needs any, the convolutions to compute for it
+    (``num_layers``: re-embed it).
+
+    ``neighbors``: the new ``neighbors`` lists; ``changed``: ``node`` of the
+    items whose own input changed. Both reaches are frontiers expanded by
+    joins along the lists, so the graph never reaches one machine.
     """
-    valid = nbrs >= 0
-    safe = np.where(valid, nbrs, 0)
-    hit = np.zeros(len(nbrs), dtype=bool)
-    hit[changed] = True
+    edges = neighbors.select("node", F.explode("neighbors").alias("nbr")).persist()
+    hit = changed.select("node").distinct().localCheckpoint()
+    frontier = hit
     for _ in range(num_layers):          # affected: a changed item within K hops
-        hit = hit | (hit[safe] & valid).any(axis=1)
-    depth = np.full(len(nbrs), -1, dtype=np.int64)
-    depth[hit] = num_layers
-    need = hit
+        frontier = _spread(frontier, edges, hit, "nbr", "node")
+        hit = hit.unionByName(frontier).localCheckpoint()
+    depth = hit.withColumn("depth", F.lit(num_layers))
+    need, frontier = hit, hit
     for k in range(num_layers - 1, -1, -1):   # R_k = R_{k+1} and its neighbours
-        need = need.copy()
-        need[nbrs[need][valid[need]]] = True
-        depth[need & (depth < 0)] = k
-    return depth
+        frontier = _spread(frontier, edges, need, "node", "nbr")
+        need = need.unionByName(frontier).localCheckpoint()
+        depth = depth.unionByName(frontier.withColumn("depth", F.lit(k)))
+    out = depth.select("node", F.col("depth").cast("int")).localCheckpoint()
+    edges.unpersist()
+    return out
 
 
 def changed_items(old_items: DataFrame, new_items: DataFrame, old_nb: DataFrame,
@@ -85,7 +90,7 @@ def changed_items(old_items: DataFrame, new_items: DataFrame, old_nb: DataFrame,
 
 def plan(spark: SparkSession, run_dir: str, previous: str, inputs: dict[str, str], params: dict,
          code: dict[str, str], items: DataFrame, neighbors: DataFrame, *, n_items: int,
-         num_neighbors: int, num_layers: int) -> tuple[Plan | None, str]:
+         num_layers: int) -> tuple[Plan | None, str]:
     """What to recompute to turn ``embeddings/previous`` into the embeddings of ``inputs``.
 
     Returns ``(None, reason)`` when ``previous`` cannot be reused: another
@@ -113,17 +118,15 @@ def plan(spark: SparkSession, run_dir: str, previous: str, inputs: dict[str, str
                  .where(F.col("type") == schemas.ITEM))
     old_nb = schemas.conform(spark.read.parquet(str(old_nb_dir / "neighbors")),
                              schemas.NEIGHBORS, "neighbors")
-    changed = np.array([r["node"] for r in
-                        changed_items(old_items, items, old_nb, neighbors).collect()], np.int64)
-    table = ds.dataset(str(versioned.resolve(run_dir, "neighbors", inputs["neighbors"])
-                           / "neighbors"), format="parquet").to_table(columns=["node", "neighbors",
-                                                                              "weights"])
-    nbrs, _ = dense_neighbors(table, n_items, num_neighbors)
-    depth = levels(nbrs, changed, num_layers)
-    node = np.flatnonzero(depth >= 0)
-    p = Plan(previous, node, depth[node], int(len(changed)), n_items, num_layers)
+    changed = changed_items(old_items, items, old_nb, neighbors).localCheckpoint()
+    depth = levels(neighbors, changed, num_layers)
+    counts = depth.agg(F.count(F.lit(1)).alias("computed"),
+                       F.sum((F.col("depth") == num_layers).cast("long")).alias("recomputed")
+                       ).first()
+    p = Plan(previous, depth, int(counts["computed"]), int(counts["recomputed"] or 0),
+             changed.count(), n_items)
     log.info("incremental inference: %d items changed, %d of %d to re-embed (%d computed at "
-             "some layer)", p.changed_items, p.recomputed, n_items, len(node))
+             "some layer)", p.changed_items, p.recomputed, n_items, p.computed)
     return p, ""
 
 

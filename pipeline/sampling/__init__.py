@@ -18,11 +18,8 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -30,7 +27,6 @@ from pyspark.sql import functions as F
 from pipeline.errors import PipelineError
 from pipeline.ingest import read_graph
 from pipeline.io import schemas, versioned
-from pipeline.io.arrays import dense_neighbors
 from pipeline.io.manifests import GraphManifest, SplitManifest
 from pipeline.io.stage import Stage
 from pipeline.sampling import batches as batching
@@ -171,13 +167,12 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
         return st.result.versions["neighbors"]
     t0 = time.perf_counter()
     edges_dir = str(versioned.resolve(st.run_dir, "split", split_version) / "train_edges")
-    plan, why = (incremental.plan(st.run_dir, neighbors_from, split_version, params,
-                                  stage.code_hashes, window,
-                                  n_items, n_nodes, bipartite) if neighbors_from else (None, ""))
+    plan, why = (incremental.plan(spark, st.run_dir, neighbors_from, split_version, params,
+                                  stage.code_hashes, window, n_items, bipartite)
+                 if neighbors_from else (None, ""))
     if why:
         log.info("ranking every item: cannot reuse neighbors/%s: %s", neighbors_from, why)
-    starts = (spark.createDataFrame(pa.table({"node": plan.starts}).to_pandas())
-              if plan is not None else None)
+    starts = plan.starts if plan is not None else None
     kw = dict(walk_length=s.walk_length, restart_prob=s.restart_prob,
               push_threshold=s.push_threshold, degree_exponent=s.degree_exponent, seed=seed,
               num_neighbors=s.num_neighbors, window=window, num_hard=s.num_hard,
@@ -215,7 +210,7 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
                             F.sum((F.size("neighbors") == 0).cast("int")).alias("empty"),
                             F.avg(F.size("neighbors")).alias("avg")).first()
         seconds = time.perf_counter() - t0
-        recomputed = n_items if plan is None else len(plan.starts)
+        recomputed = n_items if plan is None else plan.recomputed
         pushes = int(work["total"] or 0)
         counts = {"items": int(stats["items"]), "empty_neighborhoods": int(stats["empty"] or 0),
                   "avg_neighbors": round(float(stats["avg"] or 0), 3),
@@ -343,28 +338,29 @@ def _publish_batches(spark: SparkSession, st: Stages, cfg, nodes: DataFrame, nei
     inputs = {"pairs": result.versions["pairs"], "neighbors": result.versions["neighbors"]}
     stage = st.stage("batches", inputs, batch_params)
     if not st.reuse(stage):
-        nbr, w = dense_neighbors(neighbors.toArrow(), n_items, s.num_neighbors)
         pairs = spark.read.parquet(str(pairs_dir / "pairs"))
         specs = batching.assign(pairs, spark.read.parquet(str(pairs_dir / "hard_negatives"))
                                 if hard_candidates else None,
                                 seed=seed, batch_size=s.batch_size, val_fraction=s.val_fraction)
-        weights = batching.item_weights(pairs, nodes, nbr, power=s.negative_power, seed=seed,
+        weights = batching.item_weights(spark, pairs, nodes, neighbors, n_items=n_items,
+                                        power=s.negative_power, seed=seed,
                                         val_fraction=s.val_fraction)
         with stage.publish() as out:
-            Path(out.table_path("item_weights")).mkdir()
-            pq.write_table(weights, Path(out.table_path("item_weights")) / "part-00000.parquet")
+            weights_path = out.table_path("item_weights")
+            _write(weights, weights_path, "node", ROWS_PER_FILE, n_items)
             counts = {}
             for split_name, spec in specs.items():
-                rows = batching.build(spark, spec, split_name, nbr, w,
-                                      weights.column("weight").to_numpy(),
+                rows = batching.build(spec, split_name, neighbors, weights_path,
+                                      num_neighbors=s.num_neighbors,
                                       num_layers=cfg.model.num_layers,
                                       easy_negatives=s.easy_negatives, seed=seed)
                 n_batches = spec.count()
                 _write(rows, out.table_path(split_name), "batch", s.batches_per_file, n_batches)
                 counts[f"{split_name}_batches"] = n_batches
+            negative_items = (spark.read.parquet(weights_path).where(F.col("weight") > 0)
+                              .count())
             counts.update(num_layers=cfg.model.num_layers, easy_negatives=s.easy_negatives,
-                          hard_candidates=hard_candidates,
-                          negative_items=int((weights.column("weight").to_numpy() > 0).sum()))
+                          hard_candidates=hard_candidates, negative_items=negative_items)
             out.manifest.update({"counts": counts, "schema": {
                 **{sp: schemas.describe(schemas.BATCHES) for sp in batching.SPLITS},
                 "item_weights": schemas.describe(schemas.ITEM_WEIGHTS)}})

@@ -19,11 +19,14 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from pipeline.io import schemas
+from pipeline.io.arrays import pad_lists
 from pipeline.io.kinds import RETIRED_ID
 from pipeline.sampling.split import unit_hash
 from pipeline.spark import index_rows
@@ -59,25 +62,35 @@ def assign(pairs: DataFrame, hard: DataFrame | None, *, seed: int, batch_size: i
     return out
 
 
-def item_weights(pairs: DataFrame, nodes: DataFrame, nbr: np.ndarray, *, power: float, seed: int,
-                 val_fraction: float) -> pa.Table:
+def item_weights(spark: SparkSession, pairs: DataFrame, nodes: DataFrame, neighbors: DataFrame,
+                 *, n_items: int, power: float, seed: int, val_fraction: float) -> DataFrame:
     """``schemas.ITEM_WEIGHTS`` for every item: positives in the training minibatches, weight.
 
-    ``nbr``: the dense neighbour table; items without neighbours get weight 0,
-    as do placeholders (which have none either: no edges).
+    By joins and aggregates, so no table of items reaches the driver. Items
+    without neighbours get weight 0, as do placeholders (which have none
+    either: no edges). The power runs in NumPy, as it always has, so the
+    weights keep their bits.
     """
-    n_items = nbr.shape[0]
-    counts = (pairs.where(~_in_validation(seed, val_fraction)).groupBy("positive").count()
-              .toArrow())
-    positives = np.zeros(n_items, dtype=np.int64)
-    positives[counts.column("positive").to_numpy()] = counts.column("count").to_numpy()
+    counts = (pairs.where(~_in_validation(seed, val_fraction))
+              .groupBy(F.col("positive").alias("node")).agg(F.count(F.lit(1)).alias("positives")))
     retired = (nodes.where((F.col("type") == schemas.ITEM) & (F.col("id") == RETIRED_ID))
-               .select("node").toArrow().column("node").to_numpy())
-    weight = (positives + 1.0) ** float(power)
-    weight[retired[retired < n_items]] = 0.0
-    weight[~(nbr >= 0).any(axis=1)] = 0.0
-    return pa.table({"node": np.arange(n_items, dtype=np.int64), "positives": positives,
-                     "weight": weight})
+               .select("node", F.lit(True).alias("_retired")))
+    listed = neighbors.where(F.size("neighbors") > 0).select("node", F.lit(True).alias("_listed"))
+    rows = (spark.range(0, n_items).select(F.col("id").alias("node"))
+            .join(counts, "node", "left").join(retired, "node", "left").join(listed, "node", "left")
+            .select("node", F.coalesce("positives", F.lit(0).cast("long")).alias("positives"),
+                    (F.col("_retired").isNotNull() | F.col("_listed").isNull()).alias("_zero")))
+
+    def weigh(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for rb in batches:
+            positives = rb.column("positives").to_numpy()
+            weight = (positives + 1.0) ** float(power)
+            weight[rb.column("_zero").to_numpy(zero_copy_only=False)] = 0.0
+            yield pa.RecordBatch.from_arrays([rb.column("node"), rb.column("positives"),
+                                              pa.array(weight, pa.float64())],
+                                             names=["node", "positives", "weight"])
+
+    return rows.mapInArrow(weigh, schemas.ITEM_WEIGHTS)
 
 
 def draw_pool(gen: np.random.Generator, weight: np.ndarray, cdf: np.ndarray,
@@ -119,22 +132,18 @@ def _invert(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.searchsorted(cdf, v, side="right").astype(np.int64)
 
 
-def computation_graph(targets: np.ndarray, nbr: np.ndarray, w: np.ndarray, num_layers: int):
-    """Layers of node ids and, per layer, padded local neighbour indices and weights."""
-    layers, idx, wts = [targets], [], []
-    for _ in range(num_layers):
-        cur = layers[-1]
-        nb = nbr[cur]
-        valid = nb >= 0
-        new = np.setdiff1d(nb[valid], cur)
-        nxt = np.concatenate([cur, new])
-        order = np.argsort(nxt, kind="stable")
-        local = np.full(nb.shape, -1, dtype=np.int32)
-        local[valid] = order[np.searchsorted(nxt[order], nb[valid])]
-        layers.append(nxt)
-        idx.append(local.ravel())
-        wts.append(w[cur].ravel())
-    return layers, idx, wts
+def next_layer(cur: np.ndarray, nb: np.ndarray, w: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One step of a computation graph: layer k's nodes ``cur`` and their padded neighbour
+    rows ``nb``/``w`` (``len(cur) x T``) give layer k+1 (``cur`` then the new neighbours,
+    so a node keeps its index) and the row-major local indices and weights."""
+    valid = nb >= 0
+    new = np.setdiff1d(nb[valid], cur)
+    nxt = np.concatenate([cur, new])
+    order = np.argsort(nxt, kind="stable")
+    local = np.full(nb.shape, -1, dtype=np.int32)
+    local[valid] = order[np.searchsorted(nxt[order], nb[valid])]
+    return nxt, local.ravel(), w.ravel()
 
 
 def _unique_in_order(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,21 +155,24 @@ def _unique_in_order(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u[order], rank[inv.ravel()]
 
 
-def build(spark: SparkSession, specs: DataFrame, split: str, nbr: np.ndarray, w: np.ndarray,
-          negative_weight: np.ndarray, *, num_layers: int, easy_negatives: int,
-          seed: int) -> DataFrame:
+def build(specs: DataFrame, split: str, neighbors: DataFrame, weights_path: str, *,
+          num_neighbors: int, num_layers: int, easy_negatives: int, seed: int) -> DataFrame:
     """Rows of ``schemas.BATCHES`` from the per-batch pair lists.
 
-    ``negative_weight``: the ``item_weights`` table's weights, indexed by item.
+    No task or driver holds the graph: each minibatch's layer k is exploded,
+    joined with ``neighbors`` (``schemas.NEIGHBORS``) and grouped back by
+    minibatch, and the task that gets the group computes layer k+1 and the
+    local indices (:func:`next_layer`). ``weights_path``: the ``item_weights``
+    table, which each task reads to draw easy negatives.
     """
-    shared = spark.sparkContext.broadcast((nbr, w, negative_weight, np.cumsum(negative_weight)))
     salt = SPLITS.index(split)
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        nb, wt, neg_w, neg_cdf = shared.value
+    def targets(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        t = ds.dataset(weights_path, format="parquet").to_table(columns=["node", "weight"])
+        neg_w = t.sort_by("node").column("weight").to_numpy()
+        neg_cdf = np.cumsum(neg_w)
         for rb in batches:
-            cols = {k: [] for k in ("batch", "query", "positive", "hard", "easy",
-                                    "nodes", "nbr_idx", "nbr_weight")}
+            cols = {k: [] for k in _ARROW_BATCHES.names}
             for batch_id, pairs in zip(rb.column("batch").to_pylist(), rb.column("pairs").to_pylist()):
                 q = np.array([p["query"] for p in pairs], dtype=np.int64)
                 pos = np.array([p["positive"] for p in pairs], dtype=np.int64)
@@ -169,25 +181,61 @@ def build(spark: SparkSession, specs: DataFrame, split: str, nbr: np.ndarray, w:
                 easy = draw_pool(gen, neg_w, neg_cdf, np.unique(np.concatenate([q, pos])),
                                  easy_negatives)
                 flat = np.concatenate([q, pos, *cands, easy])
-                targets, local = _unique_in_order(flat)
+                layer0, local = _unique_in_order(flat)
                 n_q = len(q)
                 lens = np.cumsum([0] + [len(c) for c in cands])
                 hard_local = local[2 * n_q:2 * n_q + lens[-1]]
-                layers, idx, wts = computation_graph(targets, nb, wt, num_layers)
                 cols["batch"].append(batch_id)
                 cols["query"].append(local[:n_q].astype(np.int32))
                 cols["positive"].append(local[n_q:2 * n_q].astype(np.int32))
                 cols["hard"].append([hard_local[lens[i]:lens[i + 1]].astype(np.int32)
                                      for i in range(n_q)])
                 cols["easy"].append(local[2 * n_q + lens[-1]:].astype(np.int32))
-                cols["nodes"].append(layers)
-                cols["nbr_idx"].append(idx)
-                cols["nbr_weight"].append(wts)
-            yield pa.RecordBatch.from_pydict(
-                {k: (v if k == "batch" else [_pylist(x) for x in v]) for k, v in cols.items()},
-                schema=_ARROW_BATCHES)
+                cols["nodes"].append([layer0])
+                cols["nbr_idx"].append([])
+                cols["nbr_weight"].append([])
+            yield _record_batch(cols)
 
-    return specs.mapInArrow(run, schemas.BATCHES)
+    rows = specs.mapInArrow(targets, schemas.BATCHES)
+    nb = neighbors.select("node", "neighbors", "weights")
+    for _ in range(num_layers):
+        rows = rows.persist()   # read twice: exploded for the lookup, and joined back
+        lists = (rows.select("batch", F.posexplode(F.element_at("nodes", -1)).alias("pos", "node"))
+                 .join(nb, "node", "left")
+                 .groupBy("batch").agg(F.collect_list(F.struct("pos", "neighbors", "weights"))
+                                       .alias("_lists")))
+        rows = rows.join(lists, "batch").mapInArrow(_grow(num_neighbors), schemas.BATCHES)
+    return rows
+
+
+def _grow(num_neighbors: int):
+    """The ``mapInArrow`` step that adds each minibatch's next layer from its ``_lists``."""
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for rb in batches:
+            cols = {k: [] for k in ("nodes", "nbr_idx", "nbr_weight")}
+            for i in range(rb.num_rows):
+                found = pa.StructArray.from_arrays(rb.column("_lists")[i].values.flatten(),
+                                                   names=["pos", "neighbors", "weights"])
+                found = found.take(pc.sort_indices(found.field("pos")))
+                nb, w = pad_lists(found.field("neighbors"), found.field("weights"), num_neighbors)
+                layers = [x.values.to_numpy() for x in rb.column("nodes")[i].values]
+                nxt, idx, wts = next_layer(layers[-1], nb, w)
+                cols["nodes"].append(layers + [nxt])
+                cols["nbr_idx"].append([x.values.to_numpy() for x in rb.column("nbr_idx")[i].values]
+                                       + [idx])
+                cols["nbr_weight"].append([x.values.to_numpy()
+                                           for x in rb.column("nbr_weight")[i].values] + [wts])
+            kept = {k: rb.column(k).cast(_ARROW_BATCHES.field(k).type)
+                    for k in ("batch", "query", "positive", "hard", "easy")}
+            yield _record_batch({**kept, **cols})
+    return run
+
+
+def _record_batch(cols: dict) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [v if isinstance(v, pa.Array) else pa.array(v if k == "batch" else [_pylist(x) for x in v],
+                                                     _ARROW_BATCHES.field(k).type)
+         for k, v in ((k, cols[k]) for k in _ARROW_BATCHES.names)], schema=_ARROW_BATCHES)
 
 
 def _pylist(x):

@@ -20,14 +20,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
-import pyarrow.dataset as ds
-import scipy.sparse as sp
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from pipeline.ingest import numbered_from
-from pipeline.io import versioned
+from pipeline.io import schemas, versioned
 from pipeline.io.manifests import GraphManifest, NeighborsManifest, SplitManifest
-from pipeline.sampling import ppr
+from pipeline.sampling import join_mode
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +34,30 @@ log = logging.getLogger(__name__)
 @dataclass
 class Plan:
     previous: str            # the neighbors version whose rows are reused
-    starts: np.ndarray       # items to rank again (sorted)
+    starts: DataFrame        # ``node``: the items to rank again (checkpointed)
+    recomputed: int          # how many
     changed_edges: int
     n_items: int
 
     @property
     def reused(self) -> int:
-        return self.n_items - len(self.starts)
+        return self.n_items - self.recomputed
 
 
-def _edges(run_dir: str, split_version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _edges(spark: SparkSession, run_dir: str, split_version: str) -> DataFrame:
     path = versioned.resolve(run_dir, "split", split_version) / "train_edges"
-    t = ds.dataset(str(path), format="parquet").to_table(columns=["src", "dst", "weight"])
-    return (t.column("src").to_numpy().astype(np.int64), t.column("dst").to_numpy().astype(np.int64),
-            t.column("weight").to_numpy().astype(np.float32))
+    return spark.read.schema(schemas.EDGES).parquet(str(path)).select("src", "dst", "weight")
 
 
-def plan(run_dir: str, previous: str, split_version: str, params: dict, code: dict[str, str],
-         window: tuple, n_items: int, n_nodes: int, bipartite: bool) -> tuple[Plan | None, str]:
+def plan(spark: SparkSession, run_dir: str, previous: str, split_version: str, params: dict,
+         code: dict[str, str], window: tuple, n_items: int, bipartite: bool
+         ) -> tuple[Plan | None, str]:
     """Items to rank again from ``previous`` (a ``neighbors`` version), or ``(None, reason)``.
 
     ``params``: :func:`pipeline.sampling.neighbor_params`, which must all match, as must
-    ``code`` (the stage's source hashes).
+    ``code`` (the stage's source hashes). The changed edges are a join of the
+    two edge tables and their reach a frontier expanded by joins, so no edge
+    list reaches the driver.
     """
     try:
         prev = NeighborsManifest.read(run_dir, previous)
@@ -77,35 +78,37 @@ def plan(run_dir: str, previous: str, split_version: str, params: dict, code: di
     old_items = pg.n_items
     if old_items > n_items:
         return None, "fewer item slots than before"
-    shift = n_items - old_items
-    o_src, o_dst, o_w = _edges(run_dir, prev_split)
-    n_src, n_dst, n_w = _edges(run_dir, split_version)
-    if ppr.scale_of(o_w) != ppr.scale_of(n_w):
+    old, new = _edges(spark, run_dir, prev_split), _edges(spark, run_dir, split_version)
+    if join_mode.weight_scale(old) != join_mode.weight_scale(new):
         return None, "the edge weights are quantised on another scale"
-    if bipartite:
-        o_src = o_src + shift   # users follow the item slots
-    size = np.int64(max(n_nodes, pg.n_nodes + shift, 1))
-    o_key, n_key = o_src * size + o_dst, n_src * size + n_dst
-    common, oi, ni = np.intersect1d(o_key, n_key, assume_unique=True, return_indices=True)
-    reweighted = common[o_w[oi] != n_w[ni]]
-    changed = np.concatenate([np.setdiff1d(o_key, common, assume_unique=True),
-                              np.setdiff1d(n_key, common, assume_unique=True), reweighted])
-    ends = np.unique(np.concatenate([changed // size, changed % size]))
+    if bipartite:   # users follow the item slots
+        old = old.withColumn("src", F.col("src") + F.lit(n_items - old_items))
+    both = (old.withColumnRenamed("weight", "w0")
+            .join(new.withColumnRenamed("weight", "w1"), ["src", "dst"], "full_outer"))
+    changed = both.where(F.col("w0").isNull() | F.col("w1").isNull()
+                         | (F.col("w0") != F.col("w1"))).select("src", "dst").localCheckpoint()
+    n_changed = changed.count()
     # Rows read: positions 0 .. reach in half hops (bipartite) or hops.
     reach = 2 * int(params["walk_length"]) if bipartite else int(params["walk_length"])
-    src = np.concatenate([o_src, n_src])
-    dst = np.concatenate([o_dst, n_dst])
-    adj = sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(size, size))
-    adj = ((adj + adj.T) > 0).astype(np.float32).tocsr()
-    reached = np.zeros(size, dtype=bool)
-    reached[ends] = True
-    frontier = reached.copy()
+    edges = old.select("src", "dst").unionByName(new.select("src", "dst"))
+    adj = (edges.select(F.col("src").alias("node"), F.col("dst").alias("nbr"))
+           .unionByName(edges.select(F.col("dst").alias("node"), F.col("src").alias("nbr")))
+           .distinct().persist())
+    reached = (changed.select(F.col("src").alias("node"))
+               .unionByName(changed.select(F.col("dst").alias("node"))).distinct()
+               .localCheckpoint())
+    frontier = reached
     for _ in range(reach):
-        if not frontier.any():
+        frontier = (frontier.join(adj, "node").select(F.col("nbr").alias("node")).distinct()
+                    .join(reached, "node", "left_anti").localCheckpoint())
+        if frontier.isEmpty():
             break
-        frontier = (adj @ frontier.astype(np.float32) > 0) & ~reached
-        reached |= frontier
-    starts = np.union1d(np.flatnonzero(reached[:n_items]), np.arange(old_items, n_items))
+        reached = reached.unionByName(frontier).localCheckpoint()
+    adj.unpersist()
+    starts = (reached.where(F.col("node") < n_items)
+              .unionByName(spark.range(old_items, n_items).select(F.col("id").alias("node")))
+              .distinct().localCheckpoint())
+    recomputed = starts.count()
     log.info("incremental neighbourhoods: %d changed edges, %d of %d items to rank again",
-             len(changed), len(starts), n_items)
-    return Plan(previous, starts.astype(np.int64), int(len(changed)), n_items), ""
+             n_changed, recomputed, n_items)
+    return Plan(previous, starts, recomputed, n_changed, n_items), ""
