@@ -2,13 +2,18 @@
 
 A stage writes its manifest as JSON (``pipeline.io.versioned``); whoever
 reads another stage's manifest goes through these classes, so a renamed or
-missing field fails here, by name, instead of deep inside a consumer.
+missing field fails here, by name, instead of deep inside a consumer. Each
+view's ``entries()`` is the inverse of its reading: the manifest entries it is
+read from, for whoever stands in for the stage (tests publish their inputs
+with them, and check them against the manifests the real stages write).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from pipeline.io import versioned
 from pipeline.io.kinds import ITEM
@@ -20,14 +25,14 @@ def _read(run_dir: str | os.PathLike, stage: str, version: str | None) -> dict:
 
 @dataclass(frozen=True)
 class GraphManifest:
-    version: str
     n_items: int                # item ids are 0 .. n_items - 1 (removed items' placeholders too)
     n_nodes: int                # items, then users on a bipartite graph
     bipartite: bool
     feature_dim: int
-    feature_names: list[str]
-    edges: int
-    counts: dict[str, Any]
+    feature_names: list[str] = field(default_factory=list)
+    edges: int = 0
+    counts: dict[str, Any] = field(default_factory=dict)   # every count ingest made
+    version: str = ""           # the version read ('' for one being published)
 
     @classmethod
     def read(cls, run_dir: str | os.PathLike, version: str | None = None) -> GraphManifest:
@@ -42,6 +47,14 @@ class GraphManifest:
                    feature_dim=int(c.get("feature_dim", 0)),
                    feature_names=list(m.get("feature_names") or []), edges=int(c["edges_out"]),
                    counts=c)
+
+    def entries(self) -> dict:
+        """What :meth:`of` reads, as ingest writes it."""
+        counts = {**self.counts, "nodes": {**self.counts.get("nodes", {}), ITEM: self.n_items},
+                  "nodes_out": self.n_nodes, "feature_dim": self.feature_dim,
+                  "edges_out": self.edges}
+        return {"bipartite": self.bipartite, "feature_names": list(self.feature_names),
+                "counts": counts}
 
 
 @dataclass(frozen=True)
@@ -63,12 +76,12 @@ class SplitManifest:
 
 @dataclass(frozen=True)
 class NeighborsManifest:
-    version: str
-    split: str
     num_neighbors: int          # T
-    hard_window_ranks: tuple[int, int]
-    params: dict[str, Any]      # what ranked them (``pipeline.sampling.neighbor_params``)
-    code: dict[str, str] | None
+    hard_window_ranks: tuple[int, int] = (0, 0)
+    params: dict[str, Any] = field(default_factory=dict)  # what ranked them (neighbor_params)
+    code: dict[str, str] | None = None
+    split: str = ""             # its input (the publisher records it)
+    version: str = ""           # the version read ('' for one being published)
 
     @classmethod
     def read(cls, run_dir: str | os.PathLike, version: str | None = None) -> NeighborsManifest:
@@ -77,6 +90,12 @@ class NeighborsManifest:
                    num_neighbors=int(m["config"]["num_neighbors"]),
                    hard_window_ranks=tuple(m["counts"]["hard_window_ranks"]),
                    params=m["config"], code=m.get("code"))
+
+    def entries(self) -> dict:
+        """What :meth:`read` reads but the inputs, as sampling writes it."""
+        return {"config": {**self.params, "num_neighbors": self.num_neighbors},
+                "counts": {"hard_window_ranks": list(self.hard_window_ranks)},
+                "code": self.code}
 
 
 @dataclass(frozen=True)
@@ -99,12 +118,21 @@ class BatchesManifest:
 
 @dataclass(frozen=True)
 class ModelManifest:
-    version: str
     spec: dict[str, Any]        # what rebuilds the network (``pipeline.model.build_model``)
-    tensorboard: str | None     # the training run's TensorBoard dir, relative to the run
-    bias_scale: dict | None     # ``model.item_bias``: the scale chosen on validation
-    history: list[dict]
-    inputs: dict[str, str]
+    tensorboard: str | None = None     # the training run's TensorBoard dir, relative to the run
+    bias_scale: dict | None = None     # ``model.item_bias``: the scale chosen on validation
+    history: list[dict] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)   # (the publisher records them)
+    version: str = ""           # the version read ('' for one being published)
+
+    @classmethod
+    def for_config(cls, cfg_model, feature_dim: int, num_items: int, num_neighbors: int
+                   ) -> ModelManifest:
+        """A model of ``cfg_model`` (``model.*``) built for these dimensions, its spec as the
+        trainer records it."""
+        return cls(spec={"feature_dim": int(feature_dim), "num_items": int(num_items),
+                         "num_neighbors": int(num_neighbors),
+                         **OmegaConf.to_container(cfg_model, resolve=True)})
 
     @property
     def num_neighbors(self) -> int:
@@ -120,3 +148,8 @@ class ModelManifest:
         return cls(version=m["version"], spec=m["model"], tensorboard=m.get("tensorboard"),
                    bias_scale=m.get("bias_scale"), history=m.get("history", []),
                    inputs=m["inputs"])
+
+    def entries(self) -> dict:
+        """What :meth:`read` reads but the inputs, as the trainer writes it."""
+        return {"model": self.spec, "tensorboard": self.tensorboard,
+                "bias_scale": self.bias_scale, "history": self.history}
