@@ -69,8 +69,8 @@ class Reads:
                 files.add(rel)
                 if where is None:
                     where = (rel, frame.f_code.co_qualname)
-                if frame.f_code.co_name == "run_train":
-                    step = frame.f_locals.get("step")
+                if frame.f_code.co_qualname == "_Training.run_epoch":
+                    step = frame.f_locals["self"].step
             frame = frame.f_back
         if where is not None:
             self.calls.append({"read": name, "where": where, "step": step, "files": files,

@@ -289,15 +289,15 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
     ``stop_after_epoch`` ends the run after that epoch's checkpoint without
     publishing, as a preempted job would (tests resume from there).
     """
-    t, m, run_dir = cfg.train, cfg.model, cfg.run_dir
+    t, run_dir = cfg.train, cfg.run_dir
     _validate(t)
     device = _device(t.device)
     ddp = _init_distributed(device)
     # Under eval.protocol=new_items the minibatches come from the inductive view.
     view = new_items.training_view(run_dir, inductive)
-    src = view.dir
-    inputs = versioned.latest_inputs(src, ("graph", "split", "neighbors", "batches"), "training")
-    params = {"model": OmegaConf.to_container(m, resolve=True),
+    inputs = versioned.latest_inputs(view.dir, ("graph", "split", "neighbors", "batches"),
+                                     "training")
+    params = {"model": OmegaConf.to_container(cfg.model, resolve=True),
               "train": {k: v for k, v in OmegaConf.to_container(t, resolve=True).items()
                         if k not in NOT_IN_FINGERPRINT},
               "seed": int(cfg.seed), "world_size": ddp.world}
@@ -306,189 +306,231 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
                   force=cfg.force or stop_after_epoch is not None,
                   recorded_inputs={} if view.source_split is None else {
                       "split": view.source_split, "inductive_split": inputs["split"]})
-    fp = stage.fingerprint
     existing = stage.reusable()
     if existing:
         manifest = ModelManifest.read(run_dir, existing)
         return TrainResult(existing, manifest.history, reused=True, bias_scale=manifest.bias_scale)
 
     seed_everything(int(cfg.seed))
-    store = cached_feature_store(src, inputs["graph"])
-    batches_dir = versioned.resolve(src, "batches", inputs["batches"])
-    stored = BatchesManifest.read(src, inputs["batches"])
-    if stored.num_layers != m.num_layers:
-        raise PipelineError(f"minibatches were sampled for {stored.num_layers} layers "
-                            f"but model.num_layers={m.num_layers}; re-run jobs/sample.py with "
-                            f"model.num_layers={m.num_layers}")
-    if t.max_hard_negatives > 0 and stored.hard_candidates == 0:
-        raise PipelineError(f"train.max_hard_negatives={t.max_hard_negatives} but the minibatches "
-                            f"carry no hard candidates; re-run jobs/sample.py with "
-                            f"train.max_hard_negatives={t.max_hard_negatives}")
-    if t.easy_negatives > stored.easy_negatives:
-        log.warning("train.easy_negatives=%d but minibatches store %d (sample.easy_negatives): "
-                    "every epoch uses all of them", t.easy_negatives, stored.easy_negatives)
-    sampling = Sampling.read(batches_dir, device) if t.loss == "softmax" else None
-    T = NeighborsManifest.read(src, inputs["neighbors"]).num_neighbors
-    files = list_batch_files(batches_dir, "train", ddp.rank, ddp.world)
-    if not files:
-        raise PipelineError(f"no training minibatch files for rank {ddp.rank} of {ddp.world} "
-                            f"in {batches_dir}/train")
-    loader = BatchLoader(files, store, T, prefetch=t.prefetch, num_workers=t.num_workers,
-                         pin_memory=device.type == "cuda", seed=int(cfg.seed),
-                         easy_negatives=t.easy_negatives, hard_negatives=0)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise PipelineError(
-            f"train: batches/{inputs['batches']} holds no training minibatches"
-            f"{f' for rank {ddp.rank}' if ddp.world > 1 else ''} ({stored.train_batches} in "
-            f"all): no positive pairs to learn from, so no model is published; check that the "
-            f"graph's items share users or links after the split (jobs/sample.py's pairs counts)")
-    if ddp.world > 1:
-        # Every rank must take the same number of steps or DDP's all-reduce hangs.
-        n = torch.tensor([steps_per_epoch])
-        dist.all_reduce(n, op=dist.ReduceOp.MIN)
-        steps_per_epoch = int(n.item())
-
-    model = build_model(m, store.dim, store.num_items).to(device)
-    unseen_id_rows(model, view.new)
-    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
-    scale = LogitScale(t.temperature, learn=t.learn_temperature and t.loss == "softmax").to(device)
-    optimizer = torch.optim.Adam([{"params": model.parameters()},
-                                  {"params": scale.parameters(), "weight_decay": 0.0}],
-                                 lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = _schedule(optimizer, t.schedule, t.epochs * steps_per_epoch)
-    ckpt_dir = Path(run_dir) / "_checkpoints" / fp[:16]
-    start_epoch, skip, step, history = 1, 0, 0, []
-    if t.resume:
-        state = checkpoint.load_latest(ckpt_dir)
-        if state is None:
-            log.warning("train.resume=true but no checkpoint in %s; starting from scratch", ckpt_dir)
-        else:
-            model.load_state_dict(state["model"])
-            scale.load_state_dict(state["logit_scale"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch, skip, step = state["epoch"], state["batch_in_epoch"], state["step"]
-            history = state["history"]
-            log.info("resumed from step %d (epoch %d, minibatch %d)", step, start_epoch, skip)
-
-    val = (validation.Validator(src, inputs, store, T, device, k=t.val_k, margin=t.margin,
-                                exclude=view.new) if ddp.main else None)
-    writer = _tensorboard(run_dir, fp) if ddp.main else None
-    if val is not None and writer is not None and step == 0:
+    data = _TrainingData.open(cfg, view, inputs, ddp, device)
+    run = _Training(cfg, data, view, ddp, device, Path(run_dir) / "_checkpoints"
+                    / stage.fingerprint[:16])
+    val = (validation.Validator(view.dir, inputs, data.store, data.num_neighbors, device,
+                                k=t.val_k, margin=t.margin, exclude=view.new)
+           if ddp.main else None)
+    writer = _tensorboard(run_dir, stage.fingerprint) if ddp.main else None
+    if val is not None and writer is not None and run.step == 0:
         writer.add_scalar(f"val/popularity_hit_rate@{t.val_k}", val.popularity_hit_rate, 0)
-
-    def save(epoch: int, batch_in_epoch: int) -> None:
-        if ddp.main:
-            checkpoint.save(ckpt_dir, step, {
-                "model": model.state_dict(), "logit_scale": scale.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch, "step": step, "history": history})
-
     try:
-        for epoch in range(start_epoch, t.epochs + 1):
-            n_hard = curriculum(epoch, t.max_hard_negatives)
-            loader.set_epoch(epoch, hard_negatives=n_hard)
-            net.train()
-            sums = {"loss": 0.0, "easy": 0.0, "hard": 0.0, "n": 0, "n_hard": 0, "queries": 0}
-            pending = StepLosses()
-
-            def flush() -> None:
-                """Read the pending steps' losses (one device sync) into sums, TensorBoard and
-                the progress bar: every ``train.log_every`` steps and at the epoch end."""
-                values = pending.read()
-                for at, total, easy, hard in values:
-                    sums["loss"] += total
-                    sums["easy"] += easy
-                    sums["n"] += 1
-                    if hard is not None:
-                        sums["hard"] += hard
-                        sums["n_hard"] += 1
-                    if writer is not None:
-                        writer.add_scalar("train/loss", total, at)
-                        writer.add_scalar("train/loss_easy", easy, at)
-                        if hard is not None:
-                            writer.add_scalar("train/loss_hard", hard, at)
-                if values:
-                    bar.set_postfix(loss=f"{values[-1][1]:.4f}")
-
-            t0 = time.perf_counter()
-            bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch}/{t.epochs}",
-                       disable=True if not ddp.main else None, leave=False)
-            with loader:
-                for i, mb in enumerate(loader):
-                    if i >= steps_per_epoch:
-                        break
-                    if i < skip:
-                        continue
-                    mb = mb.to(device, non_blocking=True)
-                    loss, l_easy, l_hard = batch_loss(net, mb, loss=t.loss, margin=t.margin,
-                                                      temperature=scale.temperature(),
-                                                      sampling=sampling)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    scale.all_reduce(ddp.world)
-                    optimizer.step()
-                    scheduler.step()
-                    step += 1
-                    # No read from the device here: shapes and Python numbers only.
-                    sums["queries"] += len(mb.query)
-                    pending.add(step, loss, l_easy, l_hard)
-                    if writer is not None:
-                        writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                    bar.update(1)
-                    if len(pending) >= t.log_every:
-                        flush()
-                    if t.checkpoint_every and step % t.checkpoint_every == 0:
-                        save(epoch, i + 1)
-            flush()
-            bar.close()
-            seconds = time.perf_counter() - t0
-            queries = sums["queries"]
-            record = {"epoch": epoch, "steps": step, "hard_negatives": n_hard,
-                      "loss": sums["loss"] / max(1, sums["n"]),
-                      "loss_easy": sums["easy"] / max(1, sums["n"]),
-                      "loss_hard": sums["hard"] / sums["n_hard"] if sums["n_hard"] else None,
-                      "temperature": scale.value(),
-                      "queries_per_second": queries / seconds if seconds else 0.0,
-                      "loader_wait_seconds": loader.wait_seconds, "seconds": seconds}
-            skip = 0
+        for epoch in range(run.start_epoch, t.epochs + 1):
+            record = run.run_epoch(epoch, writer)
             if val is not None:
-                net.eval()
-                record.update(val.evaluate(model))
-                _log_epoch(writer, record, step, t.val_k)
-                log.info("epoch %d: loss %.4f (easy %.4f, hard %s), val hit-rate@%d %.4f "
-                         "(popularity %.4f), %.0f queries/s, loader wait %.1fs", epoch,
-                         record["loss"], record["loss_easy"],
-                         f"{record['loss_hard']:.4f}" if record["loss_hard"] is not None else "-",
-                         t.val_k, record[f"val_hit_rate@{t.val_k}"], val.popularity_hit_rate,
-                         record["queries_per_second"], record["loader_wait_seconds"])
-            history.append(record)
-            save(epoch + 1, 0)
+                run.model.eval()
+                record.update(val.evaluate(run.model))
+                _log_epoch(writer, record, run.step, t.val_k, val.popularity_hit_rate)
+            run.history.append(record)
+            run.save(epoch + 1, 0)
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
-                return TrainResult(None, history)
+                return TrainResult(None, run.history)
         if not ddp.main:
-            return TrainResult(None, history)
-        unseen_id_rows(model, view.new, check=True)
-        bias = _choose_bias_scale(model, val, t.bias_scales)
-        with stage.publish() as out:
-            torch.save(model.state_dict(), out.path / "model.pt")
-            out.manifest.update({
-                "counts": {"epochs": t.epochs, "steps": step, "parameters":
-                           sum(p.numel() for p in model.parameters())},
-                "history": history,
-                "tensorboard": tensorboard_dir(fp),
-                "bias_scale": bias,
-                "model": {"feature_dim": store.dim, "num_items": store.num_items,
-                          "num_neighbors": T, **params["model"]},
-            })
-        return TrainResult(out.version, history, bias_scale=bias)
+            return TrainResult(None, run.history)
+        return _publish(stage, run, data, view.new, val, params)
     finally:
         if writer is not None:
             writer.close()
         if ddp.world > 1 and dist.is_initialized():
             dist.barrier()
+
+
+@dataclass
+class _TrainingData:
+    """The minibatches one rank trains on, the features they gather and how they were sampled."""
+
+    store: object                  # FeatureStore
+    loader: BatchLoader
+    sampling: Sampling | None      # train.loss=softmax: the logQ correction's probabilities
+    num_neighbors: int
+    steps_per_epoch: int
+
+    @classmethod
+    def open(cls, cfg, view, inputs: dict, ddp: _Dist, device: torch.device) -> "_TrainingData":
+        t, m, src = cfg.train, cfg.model, view.dir
+        store = cached_feature_store(src, inputs["graph"])
+        batches_dir = versioned.resolve(src, "batches", inputs["batches"])
+        stored = BatchesManifest.read(src, inputs["batches"])
+        if stored.num_layers != m.num_layers:
+            raise PipelineError(f"minibatches were sampled for {stored.num_layers} layers "
+                                f"but model.num_layers={m.num_layers}; re-run jobs/sample.py with "
+                                f"model.num_layers={m.num_layers}")
+        if t.max_hard_negatives > 0 and stored.hard_candidates == 0:
+            raise PipelineError(f"train.max_hard_negatives={t.max_hard_negatives} but the "
+                                f"minibatches carry no hard candidates; re-run jobs/sample.py "
+                                f"with train.max_hard_negatives={t.max_hard_negatives}")
+        if t.easy_negatives > stored.easy_negatives:
+            log.warning("train.easy_negatives=%d but minibatches store %d (sample.easy_negatives):"
+                        " every epoch uses all of them", t.easy_negatives, stored.easy_negatives)
+        sampling = Sampling.read(batches_dir, device) if t.loss == "softmax" else None
+        T = NeighborsManifest.read(src, inputs["neighbors"]).num_neighbors
+        files = list_batch_files(batches_dir, "train", ddp.rank, ddp.world)
+        if not files:
+            raise PipelineError(f"no training minibatch files for rank {ddp.rank} of {ddp.world} "
+                                f"in {batches_dir}/train")
+        loader = BatchLoader(files, store, T, prefetch=t.prefetch, num_workers=t.num_workers,
+                             pin_memory=device.type == "cuda", seed=int(cfg.seed),
+                             easy_negatives=t.easy_negatives, hard_negatives=0)
+        steps = len(loader)
+        if steps == 0:
+            raise PipelineError(
+                f"train: batches/{inputs['batches']} holds no training minibatches"
+                f"{f' for rank {ddp.rank}' if ddp.world > 1 else ''} ({stored.train_batches} in "
+                f"all): no positive pairs to learn from, so no model is published; check that "
+                f"the graph's items share users or links after the split (jobs/sample.py's pairs "
+                f"counts)")
+        if ddp.world > 1:
+            # Every rank must take the same number of steps or DDP's all-reduce hangs.
+            n = torch.tensor([steps])
+            dist.all_reduce(n, op=dist.ReduceOp.MIN)
+            steps = int(n.item())
+        return cls(store, loader, sampling, T, steps)
+
+
+class _Training:
+    """The model, its optimiser and where the run stands (epoch, step, history), with the
+    epoch loop and the checkpoints that let a preempted run resume exactly."""
+
+    def __init__(self, cfg, data: _TrainingData, view, ddp: _Dist, device: torch.device,
+                 ckpt_dir: Path):
+        t = self.t = cfg.train
+        self.data, self.ddp, self.device, self.ckpt_dir = data, ddp, device, ckpt_dir
+        self.model = build_model(cfg.model, data.store.dim, data.store.num_items).to(device)
+        unseen_id_rows(self.model, view.new)
+        self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if ddp.world > 1
+                    else self.model)
+        self.scale = LogitScale(t.temperature,
+                                learn=t.learn_temperature and t.loss == "softmax").to(device)
+        self.optimizer = torch.optim.Adam([{"params": self.model.parameters()},
+                                           {"params": self.scale.parameters(),
+                                            "weight_decay": 0.0}],
+                                          lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = _schedule(self.optimizer, t.schedule, t.epochs * data.steps_per_epoch)
+        self.start_epoch, self.skip, self.step, self.history = 1, 0, 0, []
+        if t.resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        state = checkpoint.load_latest(self.ckpt_dir)
+        if state is None:
+            log.warning("train.resume=true but no checkpoint in %s; starting from scratch",
+                        self.ckpt_dir)
+            return
+        self.model.load_state_dict(state["model"])
+        self.scale.load_state_dict(state["logit_scale"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch, self.skip, self.step = (state["epoch"], state["batch_in_epoch"],
+                                                  state["step"])
+        self.history = state["history"]
+        log.info("resumed from step %d (epoch %d, minibatch %d)", self.step, self.start_epoch,
+                 self.skip)
+
+    def save(self, epoch: int, batch_in_epoch: int) -> None:
+        if self.ddp.main:
+            checkpoint.save(self.ckpt_dir, self.step, {
+                "model": self.model.state_dict(), "logit_scale": self.scale.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch, "step": self.step, "history": self.history})
+
+    def run_epoch(self, epoch: int, writer) -> dict:
+        """One epoch's steps (the resumed part of it after a resume); its history record."""
+        t, data = self.t, self.data
+        n_hard = curriculum(epoch, t.max_hard_negatives)
+        data.loader.set_epoch(epoch, hard_negatives=n_hard)
+        self.net.train()
+        sums = {"loss": 0.0, "easy": 0.0, "hard": 0.0, "n": 0, "n_hard": 0, "queries": 0}
+        pending = StepLosses()
+        t0 = time.perf_counter()
+        bar = tqdm(total=data.steps_per_epoch, initial=self.skip,
+                   desc=f"epoch {epoch}/{t.epochs}", disable=True if not self.ddp.main else None,
+                   leave=False)
+        with data.loader:
+            for i, mb in enumerate(data.loader):
+                if i >= data.steps_per_epoch:
+                    break
+                if i < self.skip:
+                    continue
+                mb = mb.to(self.device, non_blocking=True)
+                loss, l_easy, l_hard = batch_loss(self.net, mb, loss=t.loss, margin=t.margin,
+                                                  temperature=self.scale.temperature(),
+                                                  sampling=data.sampling)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.scale.all_reduce(self.ddp.world)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                # No read from the device here: shapes and Python numbers only.
+                sums["queries"] += len(mb.query)
+                pending.add(self.step, loss, l_easy, l_hard)
+                if writer is not None:
+                    writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+                bar.update(1)
+                if len(pending) >= t.log_every:
+                    _flush(pending, sums, writer, bar)
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    self.save(epoch, i + 1)
+        _flush(pending, sums, writer, bar)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        self.skip = 0
+        return {"epoch": epoch, "steps": self.step, "hard_negatives": n_hard,
+                "loss": sums["loss"] / max(1, sums["n"]),
+                "loss_easy": sums["easy"] / max(1, sums["n"]),
+                "loss_hard": sums["hard"] / sums["n_hard"] if sums["n_hard"] else None,
+                "temperature": self.scale.value(),
+                "queries_per_second": sums["queries"] / seconds if seconds else 0.0,
+                "loader_wait_seconds": data.loader.wait_seconds, "seconds": seconds}
+
+
+def _flush(pending: StepLosses, sums: dict, writer, bar) -> None:
+    """Read the pending steps' losses (one device sync) into the epoch's sums, TensorBoard and
+    the progress bar: every ``train.log_every`` steps and at the epoch end."""
+    values = pending.read()
+    for at, total, easy, hard in values:
+        sums["loss"] += total
+        sums["easy"] += easy
+        sums["n"] += 1
+        if hard is not None:
+            sums["hard"] += hard
+            sums["n_hard"] += 1
+        if writer is not None:
+            writer.add_scalar("train/loss", total, at)
+            writer.add_scalar("train/loss_easy", easy, at)
+            if hard is not None:
+                writer.add_scalar("train/loss_hard", hard, at)
+    if values:
+        bar.set_postfix(loss=f"{values[-1][1]:.4f}")
+
+
+def _publish(stage: Stage, run: _Training, data: _TrainingData, new: np.ndarray, val,
+             params: dict) -> TrainResult:
+    """Check that the new items' rows stayed untrained, choose the item bias's scale on
+    validation, publish the model with its spec and history."""
+    t, model = run.t, run.model
+    unseen_id_rows(model, new, check=True)
+    bias = _choose_bias_scale(model, val, t.bias_scales)
+    with stage.publish() as out:
+        torch.save(model.state_dict(), out.path / "model.pt")
+        out.manifest.update({
+            "counts": {"epochs": t.epochs, "steps": run.step, "parameters":
+                       sum(p.numel() for p in model.parameters())},
+            "history": run.history,
+            "tensorboard": tensorboard_dir(stage.fingerprint),
+            "bias_scale": bias,
+            "model": {"feature_dim": data.store.dim, "num_items": data.store.num_items,
+                      "num_neighbors": data.num_neighbors, **params["model"]},
+        })
+    return TrainResult(out.version, run.history, bias_scale=bias)
 
 
 @torch.no_grad()
@@ -524,7 +566,14 @@ def _tensorboard(run_dir: str, fp: str):
     return SummaryWriter(str(Path(run_dir) / tensorboard_dir(fp)))
 
 
-def _log_epoch(writer, record: dict, step: int, k: int) -> None:
+def _log_epoch(writer, record: dict, step: int, k: int, popularity_hit_rate: float) -> None:
+    """An epoch's record (with its validation) to the log file and TensorBoard."""
+    log.info("epoch %d: loss %.4f (easy %.4f, hard %s), val hit-rate@%d %.4f (popularity %.4f), "
+             "%.0f queries/s, loader wait %.1fs", record["epoch"], record["loss"],
+             record["loss_easy"],
+             f"{record['loss_hard']:.4f}" if record["loss_hard"] is not None else "-",
+             k, record[f"val_hit_rate@{k}"], popularity_hit_rate,
+             record["queries_per_second"], record["loader_wait_seconds"])
     if writer is None:
         return
     writer.add_scalar(f"val/hit_rate@{k}", record[f"val_hit_rate@{k}"], step)
