@@ -66,57 +66,16 @@ def _ingest(spark: SparkSession, cfg) -> IngestResult:
     stage = _stage(cfg, raw.files, id_map_from)
     existing = stage.reusable()
     if existing:
-        manifest = stage.manifest(existing)
         return IngestResult(existing, str(versioned.resolve(cfg.run_dir, STAGE, existing)),
-                            manifest["counts"], reused=True)
+                            stage.manifest(existing)["counts"], reused=True)
 
-    on_bad = cfg.ingest.on_bad_rows
-    edge_cols = [c for c in raw.edges.columns if c not in (sources.FILE_COL, sources.CORRUPT_COL)]
-    rows_in = raw.edges.count()
-    good, bad_edges, edge_problems = validate.split(
-        raw.edges, validate.edge_checks(raw), edge_cols, total=rows_in,
-        on_bad_rows=on_bad, what=f"edges from {raw.path}")
-    previous = (read_graph(spark, cfg.run_dir, id_map_from)[0].select("node", "id", "type")
-                if id_map_from else None)
-    nodes, edges, edge_counts = graph.build_edges(good, raw.columns, cfg.data.bipartite, previous)
-
-    counts = {"edge_rows_in": rows_in,
-              "edge_rows_quarantined": sum(p["count"] for p in edge_problems),
-              **edge_counts}
-    features, quarantine, dim = None, bad_edges, 0
-    if raw.features is not None:
-        checks, dim = validate.feature_checks(raw.features, raw.feature_id_col, raw.feature_col)
-        feature_rows = raw.features.count()
-        features, bad_feats, feat_problems = validate.split(
-            raw.features, checks, ["id", "features"], total=feature_rows,
-            on_bad_rows=on_bad, what=f"features from {cfg.data.features_path or raw.files[-1]}")
-        quarantine = quarantine.unionByName(bad_feats)
-        counts.update({"feature_rows_in": feature_rows,
-                       "feature_rows_quarantined": sum(p["count"] for p in feat_problems)})
-    nodes, feature_counts = graph.attach_features(nodes, features, dim)
-    counts.update(feature_counts)
-    counts["feature_dim"] = dim
-
+    nodes, edges, quarantine, counts, problems = _edges(spark, cfg, raw, id_map_from)
+    nodes, quarantine, feature_problems = _features(cfg, raw, nodes, quarantine, counts)
     with stage.publish() as out:
-        nodes.write.parquet(out.table_path("nodes"))
-        edges.write.parquet(out.table_path("edges"))
-        quarantine.coalesce(1).write.parquet(out.table_path("quarantine"))
-        written = spark.read.parquet(out.table_path("nodes"))
-        by_type = {r["type"]: int(r["count"]) for r in written.groupBy("type").count().collect()}
-        counts["nodes"] = by_type
-        counts["nodes_out"] = sum(by_type.values())
-        counts["retired_nodes"] = {r["type"]: int(r["count"]) for r in
-                                   written.where(F.col("id") == RETIRED_ID)
-                                   .groupBy("type").count().collect()}
-        live = by_type.get(ITEM, 0) - counts["retired_nodes"].get(ITEM, 0)
-        if live < MIN_ITEMS:
-            raise IngestError(
-                f"ingest: {raw.path} gives {live} item(s) ({rows_in} edge rows in, "
-                f"{counts['edge_rows_quarantined']} quarantined); a graph needs at least "
-                f"{MIN_ITEMS} items to embed: check data.path, data.src_col and data.dst_col")
+        _write(spark, out, raw, nodes, edges, quarantine, counts)
         out.manifest.update({
             "counts": counts,
-            "problems": edge_problems + (feat_problems if raw.features is not None else []),
+            "problems": problems + feature_problems,
             "bipartite": bool(cfg.data.bipartite),
             "feature_names": raw.feature_names,
             "schema": {"nodes": schemas.describe(schemas.NODES),
@@ -127,6 +86,65 @@ def _ingest(spark: SparkSession, cfg) -> IngestResult:
     spark.catalog.clearCache()
     return IngestResult(out.version, str(versioned.resolve(cfg.run_dir, STAGE, out.version)),
                         counts, reused=False)
+
+
+def _edges(spark: SparkSession, cfg, raw: sources.RawSource, id_map_from: str | None):
+    """Validate the edge rows and number the nodes (keeping ``id_map_from``'s numbers):
+    ``(nodes, edges, bad rows, counts, problems)``."""
+    edge_cols = [c for c in raw.edges.columns if c not in (sources.FILE_COL, sources.CORRUPT_COL)]
+    rows_in = raw.edges.count()
+    good, bad_edges, problems = validate.split(
+        raw.edges, validate.edge_checks(raw), edge_cols, total=rows_in,
+        on_bad_rows=cfg.ingest.on_bad_rows, what=f"edges from {raw.path}")
+    previous = (read_graph(spark, cfg.run_dir, id_map_from)[0].select("node", "id", "type")
+                if id_map_from else None)
+    nodes, edges, edge_counts = graph.build_edges(good, raw.columns, cfg.data.bipartite, previous)
+    counts = {"edge_rows_in": rows_in,
+              "edge_rows_quarantined": sum(p["count"] for p in problems),
+              **edge_counts}
+    return nodes, edges, bad_edges, counts, problems
+
+
+def _features(cfg, raw: sources.RawSource, nodes, quarantine, counts: dict):
+    """Validate the feature rows (if any) and attach them to the items: ``(nodes, bad rows,
+    problems)``; ``counts`` gains the feature counts."""
+    features, problems, dim = None, [], 0
+    if raw.features is not None:
+        checks, dim = validate.feature_checks(raw.features, raw.feature_id_col, raw.feature_col)
+        feature_rows = raw.features.count()
+        features, bad_feats, problems = validate.split(
+            raw.features, checks, ["id", "features"], total=feature_rows,
+            on_bad_rows=cfg.ingest.on_bad_rows,
+            what=f"features from {cfg.data.features_path or raw.files[-1]}")
+        quarantine = quarantine.unionByName(bad_feats)
+        counts.update({"feature_rows_in": feature_rows,
+                       "feature_rows_quarantined": sum(p["count"] for p in problems)})
+    nodes, feature_counts = graph.attach_features(nodes, features, dim)
+    counts.update(feature_counts)
+    counts["feature_dim"] = dim
+    return nodes, quarantine, problems
+
+
+def _write(spark: SparkSession, out: versioned.Staging, raw: sources.RawSource, nodes, edges,
+           quarantine, counts: dict) -> None:
+    """Write the three tables; ``counts`` gains the nodes written. Fewer than ``MIN_ITEMS``
+    live items stop here, before anything is published."""
+    nodes.write.parquet(out.table_path("nodes"))
+    edges.write.parquet(out.table_path("edges"))
+    quarantine.coalesce(1).write.parquet(out.table_path("quarantine"))
+    written = spark.read.parquet(out.table_path("nodes"))
+    by_type = {r["type"]: int(r["count"]) for r in written.groupBy("type").count().collect()}
+    counts["nodes"] = by_type
+    counts["nodes_out"] = sum(by_type.values())
+    counts["retired_nodes"] = {r["type"]: int(r["count"]) for r in
+                               written.where(F.col("id") == RETIRED_ID)
+                               .groupBy("type").count().collect()}
+    live = by_type.get(ITEM, 0) - counts["retired_nodes"].get(ITEM, 0)
+    if live < MIN_ITEMS:
+        raise IngestError(
+            f"ingest: {raw.path} gives {live} item(s) ({counts['edge_rows_in']} edge rows in, "
+            f"{counts['edge_rows_quarantined']} quarantined); a graph needs at least "
+            f"{MIN_ITEMS} items to embed: check data.path, data.src_col and data.dst_col")
 
 
 def read_graph(spark: SparkSession, run_dir: str, version: str | None = None):
