@@ -191,7 +191,14 @@ class EvalConfig:
     ks: List[int] = setting([10, 50, 100], "K of hit-rate@K; MRR counts ranks up to max(ks)")
     kind: str = setting("test", "held-out rows scored: test | validation (tune on validation only)")
     max_queries: int = setting(
-        0, "> 0: evaluate a seeded sample of that many held-out pairs; 0 = all")
+        0, "> 0: evaluate a seeded sample of that many held-out pairs; 0 = all (or "
+           "large_graph_queries on a large graph)")
+    large_graph_items: int = setting(
+        1_000_000, "a graph of at least this many items is evaluated on a seeded sample of "
+                   "large_graph_queries held-out pairs when max_queries is 0")
+    large_graph_queries: int = setting(
+        10_000, "held-out pairs evaluated on a large graph (large_graph_items) when max_queries "
+                "is 0")
     bootstrap: int = setting(1000, "query resamples for the 95% confidence intervals")
     baselines: List[str] = setting(
         ["popularity", "random_walk", "item_knn", "als", "ease", "node2vec", "lightgcn",
@@ -231,6 +238,9 @@ class EvalConfig:
     index_ef_search: int = setting(128, "hnsw: candidate list size while searching")
     index_nlist: int = setting(0, "ivf: cells; 0 = about 4 sqrt(items)")
     index_nprobe: int = setting(16, "ivf: cells searched per query")
+    index_max_gb: float = setting(
+        0.0, "hnsw falls back to ivf (noted in the index manifest) when its estimated size "
+             "exceeds this many GiB; 0 = half the memory available when it is built")
     map_items: int = setting(3000, "items drawn for the t-SNE map in the report")
     examples: int = setting(8, "held-out queries shown with their top-10 in report.html")
 

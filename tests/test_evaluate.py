@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -469,3 +470,37 @@ def test_query_vectors_move_queries_not_candidates(small_run, tmp_path):
         assert np.allclose(s, sims[expect], atol=1e-5)
     assert 7 in top[0] and 12 in top[0]                   # the shift's favourites come up
     assert list(baselines.embedding_topk(emb.matrix, queries, 5)[0]) != list(top[0])
+
+
+def test_hnsw_size_estimate_matches_faiss():
+    """The estimate that decides HNSW or IVF is within 10% of the index faiss builds."""
+    x = _unit(4000, 16, seed=3)
+    built = ann.approximate_index(x, "hnsw", m=8, ef_construction=40)
+    actual = faiss.serialize_index(built).nbytes
+    assert abs(ann.hnsw_bytes(4000, 16, 8) - actual) / actual < 0.1
+    assert ann.choose_index("hnsw", 4000, 16, 8, max_gb=1.0) == ("hnsw", "")
+    kind, note = ann.choose_index("hnsw", 4000, 16, 8, max_gb=actual / 2 / 2**30)
+    assert kind == "ivf" and "built ivf instead" in note
+    assert ann.choose_index("ivf", 4000, 16, 8, max_gb=1e-9) == ("ivf", "")
+
+
+def test_a_large_graph_is_scored_on_a_sample_and_indexed_with_ivf(small_run):
+    """Above eval.large_graph_items, max_queries=0 scores the same seeded sample as
+    max_queries=large_graph_queries, with a note; HNSW too big for index_max_gb becomes IVF."""
+    cfg, _, ids = small_run
+    large = OmegaConf.merge(cfg, {"eval": {"large_graph_items": len(ids),
+                                           "large_graph_queries": 7, "index_max_gb": 1e-6,
+                                           "baselines": ["popularity"]}})
+    result = run_evaluate(large)
+    assert result.metrics["num_queries"] == 7
+    assert "a seeded sample of 7 of the" in result.metrics["notes"]["queries"]
+    assert result.metrics["index"]["type"] == "ivf"
+    assert result.index["index"] == "ivf" and "built ivf instead" in result.index["note"]
+    explicit = run_evaluate(OmegaConf.merge(cfg, {"eval": {"max_queries": 7,
+                                                           "baselines": ["popularity"]}}))
+    assert explicit.metrics["methods"]["pinsage"] == result.metrics["methods"]["pinsage"]
+    assert "queries" not in explicit.metrics["notes"]
+    small = run_evaluate(OmegaConf.merge(cfg, {"eval": {"large_graph_items": len(ids) + 1,
+                                                        "large_graph_queries": 7,
+                                                        "baselines": ["popularity"]}}))
+    assert small.metrics["num_queries"] > 7

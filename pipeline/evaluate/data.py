@@ -37,6 +37,7 @@ class EvalData:
     weight: np.ndarray
     # eval.protocol=new_items: items the evaluated model never saw
     new_items: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    sampled: str = ""        # why only a sample of the held-out pairs is scored, if so
 
     @cached_property
     def degree(self) -> np.ndarray:
@@ -67,11 +68,14 @@ class EvalData:
 
 
 def load(run_dir: str, kind: str = "test", split_version: str | None = None,
-         max_queries: int = 0, seed: int = 0) -> EvalData:
+         max_queries: int = 0, seed: int = 0, large_graph: tuple[int, int] | None = None
+         ) -> EvalData:
     """The latest split (or ``split_version``) and the graph it was cut from.
 
     Under ``eval.protocol=new_items`` only rows whose target is a new item are
-    kept. ``max_queries`` > 0 keeps a seeded sample of that many held-out pairs.
+    kept. ``max_queries`` > 0 keeps a seeded sample of that many held-out pairs;
+    with 0, ``large_graph = (items, queries)`` keeps ``queries`` of them on a
+    graph of at least ``items`` items, so that scoring stays bounded at scale.
     """
     split_version = split_version or versioned.latest_inputs(run_dir, ("split",), "evaluation")["split"]
     graph_version = versioned.check_version(
@@ -85,6 +89,13 @@ def load(run_dir: str, kind: str = "test", split_version: str | None = None,
         queries, targets = queries[keep], targets[keep]
     if len(queries) == 0:
         raise PipelineError(f"split/{split_version} holds no '{kind}' interactions to evaluate on")
+    sampled = ""
+    if max_queries == 0 and large_graph is not None and g.n_items >= large_graph[0]:
+        max_queries = large_graph[1]
+        if max_queries < len(queries):
+            sampled = (f"a seeded sample of {max_queries:,} of the {len(queries):,} held-out "
+                       f"pairs: the graph has {g.n_items:,} items >= eval.large_graph_items="
+                       f"{large_graph[0]:,} (set eval.max_queries to choose)")
     if 0 < max_queries < len(queries):
         keep = np.sort(np.random.default_rng(seed).choice(len(queries), max_queries, replace=False))
         queries, targets = queries[keep], targets[keep]
@@ -94,4 +105,4 @@ def load(run_dir: str, kind: str = "test", split_version: str | None = None,
                     n_items=n_items, n_nodes=g.n_nodes, bipartite=g.bipartite,
                     feature_names=g.feature_names if g.feature_dim else [], queries=queries, targets=targets,
                     live=read_live_items(run_dir, graph_version, n_items), src=src, dst=dst,
-                    weight=weight, new_items=new)
+                    weight=weight, new_items=new, sampled=sampled)

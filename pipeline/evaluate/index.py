@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -59,6 +60,28 @@ def approximate_index(matrix: np.ndarray, kind: str, *, m: int = 32, ef_construc
         raise PipelineError(f"eval.index must be one of {', '.join(INDEX_TYPES)}, got '{kind}'")
     index.add(x)
     return index
+
+
+def hnsw_bytes(n: int, d: int, m: int) -> int:
+    """Estimated size of faiss's ``IndexHNSWFlat``: the vectors, 2m links per node on the
+    bottom level and m on each upper level (a node reaches level l with probability m^-l),
+    and a level number per node."""
+    upper = m * (1 / (m - 1)) if m > 1 else 0.0
+    return int(n * (4 * d + 4 * (2 * m + upper) + 8))
+
+
+def choose_index(kind: str, n: int, d: int, m: int, max_gb: float) -> tuple[str, str]:
+    """``(index type, note)``: HNSW when it fits in ``max_gb`` GiB (0: half the memory
+    available now), else IVF-Flat, which keeps only the vectors and a cell per item."""
+    if kind != "hnsw":
+        return kind, ""
+    limit = max_gb * 2**30 if max_gb > 0 else psutil.virtual_memory().available / 2
+    need = hnsw_bytes(n, d, m)
+    if need <= limit:
+        return kind, ""
+    return "ivf", (f"hnsw over {n:,} items would need about {need / 2**30:.1f} GiB > "
+                   f"{limit / 2**30:.1f} GiB (eval.index_max_gb; 0 = half the available "
+                   f"memory): built ivf instead")
 
 
 def search(index: faiss.Index, matrix: np.ndarray, queries: np.ndarray, k: int,
@@ -124,9 +147,9 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
     from pyspark.sql.pandas.types import to_arrow_schema
 
     from pipeline.io import schemas
-    params = {"index": ev.index, "m": ev.index_m, "ef_construction": ev.index_ef_construction,
-              "ef_search": ev.index_ef_search, "nlist": ev.index_nlist, "nprobe": ev.index_nprobe,
-              "ks": list(ev.ks), "seed": seed}
+    params = {"index": ev.index, "max_gb": ev.index_max_gb, "m": ev.index_m,
+              "ef_construction": ev.index_ef_construction, "ef_search": ev.index_ef_search,
+              "nlist": ev.index_nlist, "nprobe": ev.index_nprobe, "ks": list(ev.ks), "seed": seed}
     inputs = {"embeddings": embeddings_version}
     stage = Stage(run_dir, STAGE, inputs, params, keep=keep, force=force)
     found = stage.reusable()
@@ -138,8 +161,11 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
     queries = row_of[queries[live[queries]]]
     matrix, query_vectors, node = emb.matrix[live], emb.queries[live], emb.node[live]
     ids = [i for i, ok in zip(emb.id, live) if ok]
+    kind, note = choose_index(ev.index, *matrix.shape, ev.index_m, ev.index_max_gb)
+    if note:
+        log.warning("index: %s", note)
     t0 = time.perf_counter()
-    index = approximate_index(matrix, ev.index, m=ev.index_m,
+    index = approximate_index(matrix, kind, m=ev.index_m,
                               ef_construction=ev.index_ef_construction,
                               ef_search=ev.index_ef_search, nlist=ev.index_nlist,
                               nprobe=ev.index_nprobe, seed=seed)
@@ -162,9 +188,11 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
                        "retired_items_left_out": int((~live).sum()),
                        "recall_queries": int(len(queries))},
             "quality": quality,
+            "index": kind,
+            "note": note,
             "seconds": {"build": round(build_s, 3),
                         "search_per_query_ms": round(1000 * search_s / max(1, len(queries)), 4)},
             "schema": {ITEMS_TABLE: schemas.describe(schemas.INDEX_ITEMS)},
         })
-    log.info("index/%s: %s over %d items, %s", out.version, ev.index, matrix.shape[0], quality)
+    log.info("index/%s: %s over %d items, %s", out.version, kind, matrix.shape[0], quality)
     return IndexResult(out.version, False, versioned.read_manifest(run_dir, STAGE, out.version))

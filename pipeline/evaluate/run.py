@@ -241,7 +241,8 @@ def _metrics(cfg, data: eval_data.EvalData, ranks: dict, seconds: dict, notes: d
         "methods": {name: {**M.summarize(r, ks), "ci95": ci[name], "seconds": seconds[name]}
                     for name, r in ranks.items()},
         "notes": notes,
-        "index": {"stage": f"index/{idx.version}", "type": ev.index, **idx.manifest["quality"]},
+        "index": {"stage": f"index/{idx.version}", "type": idx.manifest.get("index", ev.index),
+                  **idx.manifest["quality"]},
         "versions": {**inputs, "graph": data.graph_version, **{f"model{n[len(OURS):]}": v
                                                               for n, v in variants.items()}},
     }
@@ -265,7 +266,8 @@ def run_evaluate(cfg) -> EvalResult:
     _validate(ev)
     ks = sorted(set(int(k) for k in ev.ks))
     kmax = ks[-1]
-    data = eval_data.load(run_dir, kind=ev.kind, max_queries=ev.max_queries, seed=seed)
+    data = eval_data.load(run_dir, kind=ev.kind, max_queries=ev.max_queries, seed=seed,
+                          large_graph=(ev.large_graph_items, ev.large_graph_queries))
     emb = _embeddings(run_dir, data.n_items, data.split_version)
     # Each distinct query is answered once; rows map back to the held-out pairs.
     uniq, inverse = np.unique(data.queries, return_inverse=True)
@@ -282,7 +284,7 @@ def run_evaluate(cfg) -> EvalResult:
         return EvalResult(found, True, metrics, report.markdown_table(metrics), idx.manifest,
                           str(path / REPORT))
 
-    notes: dict[str, str] = {}
+    notes: dict[str, str] = {"queries": data.sampled} if data.sampled else {}
     methods = _methods(cfg, data, kmax, notes)
     methods[OURS] = lambda q: baselines.embedding_topk(emb.matrix, q, kmax, data.live,
                                                        emb.queries)

@@ -128,7 +128,8 @@ def evaluate(cfg, embeddings_version: str) -> tuple[dict, str]:
     which that model never trained on.
     """
     ev, seed = cfg.eval, int(cfg.seed)
-    data = eval_data.load(cfg.run_dir, kind=ev.kind, max_queries=ev.max_queries, seed=seed)
+    data = eval_data.load(cfg.run_dir, kind=ev.kind, max_queries=ev.max_queries, seed=seed,
+                          large_graph=(ev.large_graph_items, ev.large_graph_queries))
     emb = read_embeddings(cfg.run_dir, embeddings_version)
     if len(emb.node) != data.n_items or not np.array_equal(emb.node, np.arange(data.n_items)):
         raise PipelineError(f"embeddings/{emb.version} do not cover the {data.n_items} items "
