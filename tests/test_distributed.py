@@ -74,7 +74,7 @@ def chain(work: str) -> dict:
             f"run_dir={work_dir / 'run'}", "data=edges", f"data.path={src}", "data.src_col=u",
             "data.dst_col=i", "data.time_col=t", f"data.features_path={feats}",
             "sample.mode=join", "sample.walk_length=1", "sample.push_threshold=0",
-            f"sample.num_neighbors={T}", "sample.quality_sample=0", "sample.pair_window=1",
+            f"sample.num_neighbors={T}", "sample.quality_sample=20", "sample.pair_window=1",
             "sample.repeat_pairs=false", "sample.batch_size=2048", "sample.easy_negatives=20",
             "sample.hard_window=[0,0]", "model.hidden_dim=8", "model.num_layers=2"])
     run_ingest(spark, cfg)

@@ -194,7 +194,9 @@ def test_join_mode_equals_memory_mode(spark, make_cfg, tmp_path, bipartite):
     for mode in ("memory", "join"):
         cfg = small_cfg(make_cfg, path, f"sample.mode={mode}", f"run_dir={tmp_path}/{mode}",
                         f"data.bipartite={str(bipartite).lower()}", "eval.protocol=random_edges",
-                        "sample.push_threshold=0.01", "sample.quality_sample=0")
+                        "sample.push_threshold=0.01",
+                        # Bipartite quality is compared per start below, at less cost.
+                        f"sample.quality_sample={0 if bipartite else 6}")
         run_ingest(spark, cfg)
         counts[mode] = run_sample(spark, cfg, training=False).counts["neighbors"]
         tables[mode] = (_table(spark, cfg, "neighbors", "neighbors"),
@@ -205,6 +207,11 @@ def test_join_mode_equals_memory_mode(spark, make_cfg, tmp_path, bipartite):
     # The same propagation: the same work.
     for key in ("pushes", "max_pushes_per_item"):
         assert counts["join"][key] == counts["memory"][key] > 0
+    if not bipartite:   # the same quality check, join mode's computed per start in the tasks
+        mem = {k: v for k, v in counts["memory"]["quality"].items()
+               if k not in ("seconds", "power_iteration_max_error")}
+        assert {k: v for k, v in counts["join"]["quality"].items() if k != "seconds"} == mem
+        assert mem["items"] == 6
 
 
 @pytest.mark.parametrize("bipartite", [True, False])
@@ -228,17 +235,22 @@ def test_both_modes_walk_only_from_starts_as_a_full_run_would(spark, bipartite):
     assertDataFrameEqual(memory_mode.sample(spark, t, **kw, starts=starts), full)
     assertDataFrameEqual(join_mode.sample(spark, edges, n_items, bipartite, **kw, starts=starts),
                          full)
-    if bipartite:   # the quality check's visits of a few starts, collected (one hop: cheaper)
-        walk = dict(walk_length=1, restart_prob=0.3, push_threshold=0.02)
-        got, deg = join_mode.collect_visits(spark, edges, n_items, True, np.array(chosen),
-                                            partitions=3, **walk)
-        want = ppr.Visits.of(t, np.array(chosen), ppr.propagate(t, np.array(chosen), **walk)[0])
-        assert deg.tolist() == t.deg[chosen].tolist()
-        assert _rows(got) == _rows(want)
+    if bipartite:   # the quality check's values per start, computed in the tasks (one hop: cheaper)
+        walk = dict(walk_length=1, restart_prob=0.3)
+        q = dict(seed=7, push_threshold=0.2, factor=ppr.error_factor(1, 0.3, True),
+                 degree_exponent=0.7, num_neighbors=2, window=(2, 4), num_hard=0)
+        got = join_mode.quality_per_start(spark, edges, n_items, True, np.array(chosen),
+                                          partitions=3, **walk, **q)
+        starts = np.array(chosen)
 
+        def visits(eps):
+            return ppr.Visits.of(t, starts, ppr.propagate(t, starts, push_threshold=eps, **walk)[0])
 
-def _rows(v: ppr.Visits) -> list[tuple]:
-    return sorted(zip(v.owner.tolist(), v.item.tolist(), v.mass.tolist(), v.strength.tolist()))
+        want = ppr.quality_per_start(visits(0.2), visits(0.0), t.deg[starts], **q)
+        for g_, w_ in zip(got, want):
+            np.testing.assert_array_equal(g_, w_)
+        # Pruned down to no neighbours (NaN), to fewer exact ones, and mass lost everywhere.
+        assert np.isnan(want[0]).any() and (want[1] < 1).any() and (want[2] > 0).all()
 
 
 def test_homogeneous_random_edges_without_times(spark, make_cfg, tmp_path):

@@ -234,13 +234,15 @@ def test_quality_reports_agreement_overlap_and_the_bound():
     kw = dict(degree_exponent=0.5, num_neighbors=5, window=(5, 10), num_hard=0)
     exact = ppr.Visits.of(t, starts, ppr.propagate(t, starts, walk_length=3, restart_prob=0.5,
                                                    push_threshold=0.0)[0])
-    q = ppr.quality(exact, exact, t.deg[starts], seed=0, push_threshold=0.0, factor=1.0, **kw)
+    q = ppr.quality(*ppr.quality_per_start(exact, exact, t.deg[starts], seed=0,
+                                           push_threshold=0.0, factor=1.0, **kw))
     assert q["exact_overlap"] == 1.0 and q["max_error_over_bound"] == 0.0
     assert 0.5 < q["seed_agreement"] <= 1.0
     approx = ppr.Visits.of(t, starts, ppr.propagate(t, starts, walk_length=3, restart_prob=0.5,
                                                     push_threshold=0.1)[0])
-    q = ppr.quality(approx, exact, t.deg[starts], seed=0, push_threshold=0.1,
-                    factor=ppr.error_factor(3, 0.5, True), **kw)
+    q = ppr.quality(*ppr.quality_per_start(approx, exact, t.deg[starts], seed=0,
+                                           push_threshold=0.1,
+                                           factor=ppr.error_factor(3, 0.5, True), **kw))
     assert q["exact_overlap"] < 1.0 and 0 < q["max_error_over_bound"] <= 1.0
     assert ppr.power_iteration_error(t, exact, walk_length=3, restart_prob=0.5) < 1e-12
 

@@ -123,27 +123,29 @@ def neighbor_params(s, seed: int) -> dict:
 def _quality(spark: SparkSession, s, seed: int, window: tuple[int, int], n_items: int,
              bipartite: bool, *, transitions=None, train_edges: DataFrame | None = None,
              partitions: int = 1) -> dict:
-    """:func:`ppr.quality` on a seeded sample of items, by the mode's own propagation;
-    memory mode also checks the unpruned visits against float64 power iteration."""
+    """:func:`ppr.quality` on a seeded sample of items, by the mode's own propagation (join
+    mode: per start, in the tasks); memory mode also checks the unpruned visits against
+    float64 power iteration."""
     t0 = time.perf_counter()
     chosen = np.sort(np.random.default_rng(seed).choice(
         n_items, size=min(s.quality_sample, n_items), replace=False)).astype(np.int64)
     walk = dict(walk_length=s.walk_length, restart_prob=s.restart_prob)
+    kw = dict(seed=seed, push_threshold=s.push_threshold,
+              factor=ppr.error_factor(s.walk_length, s.restart_prob, bipartite),
+              degree_exponent=s.degree_exponent, num_neighbors=s.num_neighbors,
+              window=window, num_hard=0)
+    if transitions is None:
+        out = ppr.quality(*join_mode.quality_per_start(spark, train_edges, n_items, bipartite,
+                                                       chosen, partitions=partitions, **walk,
+                                                       **kw))
+    else:
+        def visits(eps: float) -> ppr.Visits:
+            return ppr.Visits.of(transitions, chosen,
+                                 ppr.propagate(transitions, chosen, push_threshold=eps, **walk)[0])
 
-    def visits(eps: float) -> tuple[ppr.Visits, np.ndarray]:
-        if transitions is None:
-            return join_mode.collect_visits(spark, train_edges, n_items, bipartite, chosen,
-                                            push_threshold=eps, partitions=partitions, **walk)
-        m, _ = ppr.propagate(transitions, chosen, push_threshold=eps, **walk)
-        return ppr.Visits.of(transitions, chosen, m), transitions.deg[chosen]
-
-    approx, start_deg = visits(s.push_threshold)
-    exact = visits(0.0)[0] if s.push_threshold > 0 else approx
-    out = ppr.quality(approx, exact, start_deg, seed=seed, push_threshold=s.push_threshold,
-                      factor=ppr.error_factor(s.walk_length, s.restart_prob, bipartite),
-                      degree_exponent=s.degree_exponent, num_neighbors=s.num_neighbors,
-                      window=window, num_hard=0)
-    if transitions is not None:
+        approx = visits(s.push_threshold)
+        exact = visits(0.0) if s.push_threshold > 0 else approx
+        out = ppr.quality(*ppr.quality_per_start(approx, exact, transitions.deg[chosen], **kw))
         out["power_iteration_max_error"] = ppr.power_iteration_error(transitions, exact, **walk)
     return {**out, "seconds": round(time.perf_counter() - t0, 2)}
 

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -121,19 +122,54 @@ def sample(spark: SparkSession, edges: DataFrame, n_items: int, bipartite: bool,
     return ranked.unionByName(empty)
 
 
-def collect_visits(spark: SparkSession, edges: DataFrame, n_items: int, bipartite: bool,
-                   starts: np.ndarray, **kw) -> tuple[ppr.Visits, np.ndarray]:
-    """``(visits, deg of each start)`` of a few sorted ``starts``, on the driver (the quality check)."""
+QUALITY = "start long, agree double, close double, ratio double"
+
+
+def quality_per_start(spark: SparkSession, edges: DataFrame, n_items: int, bipartite: bool,
+                      starts: np.ndarray, *, walk_length: int, restart_prob: float,
+                      push_threshold: float, partitions: int, **quality_kw
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`pipeline.sampling.ppr.quality_per_start` of a few sorted ``starts``.
+
+    Each start's pruned and unpruned visits meet in one task, which computes
+    its three values: only those reach the driver, never the visits.
+    """
     starts = np.asarray(starts, np.int64)
     chosen = spark.createDataFrame(pa.table({"node": starts}).to_pandas())
-    _, scores, _, nodes = propagate(spark, edges, n_items, bipartite, starts=chosen, **kw)
-    rows = scores.toArrow()
-    found = nodes.join(chosen, "node").toArrow()
-    deg = np.zeros(len(starts), np.int64)
-    deg[np.searchsorted(starts, arrow.column(found, "node"))] = arrow.column(found, "deg")
-    return (ppr.Visits(starts, np.searchsorted(starts, arrow.column(rows, "start")),
-                       arrow.column(rows, "item"), arrow.column(rows, "mass"),
-                       arrow.column(rows, "strength")), deg)
+    walk = dict(walk_length=walk_length, restart_prob=restart_prob, partitions=partitions,
+                starts=chosen)
+    _, approx, _, nodes = propagate(spark, edges, n_items, bipartite,
+                                    push_threshold=push_threshold, **walk)
+    exact = (propagate(spark, edges, n_items, bipartite, push_threshold=0.0, **walk)[1]
+             if push_threshold > 0 else approx)
+    rows = (approx.withColumn("exact", F.lit(False))
+            .unionByName(exact.withColumn("exact", F.lit(True)))
+            .join(nodes.select(F.col("node").alias("start"), F.col("deg").alias("sdeg")), "start"))
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        parts = [b for b in batches if b.num_rows]
+        if not parts:
+            return
+        t = pa.Table.from_batches(parts)
+        start = arrow.column(t, "start")
+        mine, first = np.unique(start, return_index=True)
+        sides = [t.filter(pc.equal(t.column("exact"), flag)) for flag in (False, True)]
+        a, e = (ppr.Visits(mine, np.searchsorted(mine, arrow.column(x, "start")),
+                           arrow.column(x, "item"), arrow.column(x, "mass"),
+                           arrow.column(x, "strength")) for x in sides)
+        agree, close, ratio = ppr.quality_per_start(
+            a, e, arrow.column(t, "sdeg")[first], push_threshold=push_threshold, **quality_kw)
+        yield pa.RecordBatch.from_arrays([pa.array(mine, pa.int64()), pa.array(agree),
+                                          pa.array(close), pa.array(ratio)],
+                                         names=["start", "agree", "close", "ratio"])
+
+    got = rows.repartition(partitions, "start").mapInArrow(run, QUALITY).toArrow()
+    at = np.searchsorted(starts, arrow.column(got, "start"))
+    agree, close = np.full(len(starts), np.nan), np.full(len(starts), np.nan)
+    ratio = np.zeros(len(starts))
+    for out, name in ((agree, "agree"), (close, "close"), (ratio, "ratio")):
+        out[at] = arrow.column(got, name, np.float64)
+    return agree, close, ratio
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:

@@ -334,32 +334,47 @@ def overlap(a: Ranked, b: Ranked) -> np.ndarray:
     return out
 
 
-def quality(approx: Visits, exact: Visits, start_deg: np.ndarray, *, seed: int,
-            push_threshold: float, factor: float, **rank_kw) -> dict:
-    """How real the ranking is, on a sample of starts (the ``neighbors`` manifest's ``quality``).
+def quality_per_start(approx: Visits, exact: Visits, start_deg: np.ndarray, *, seed: int,
+                      push_threshold: float, factor: float, **rank_kw
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per start of ``approx.starts`` (``exact``'s too): the share of its top-T kept under
+    ``seed + 1`` and the share of the unpruned top-T kept (NaN without neighbours), and
+    its largest mass lost to pruning over the bound ``C ε d(v) / deg(s)`` (0 without rows).
 
-    ``seed_agreement``: mean share of the top-T kept under another seed (only
-    exact ties can move); ``exact_overlap``: mean share of the unpruned
-    (``push_threshold = 0``) top-T kept; ``max_error_over_bound``: the largest
-    mass lost to pruning over its bound ``C ε d(v) / deg(s)`` (at most 1).
+    Each start's values depend on its own rows only, so any split of the starts
+    gives the same (join mode computes them inside the tasks).
     """
     mine = approx.ranked(seed=seed, **rank_kw)
     agree = overlap(approx.ranked(seed=seed + 1, **rank_kw), mine)
     close = overlap(mine, exact.ranked(seed=seed, **rank_kw))
-    width = np.int64(max(int(exact.item.max(initial=0)), int(approx.item.max(initial=0))) + 1)
-    key_a, key_e = approx.owner * width + approx.item, exact.owner * width + exact.item
-    order = np.argsort(key_a)
-    at = np.minimum(np.searchsorted(key_a[order], key_e), max(len(key_a) - 1, 0))
-    found = (key_a[order][at] == key_e) if len(key_a) else np.zeros(len(key_e), bool)
-    lost = exact.mass.astype(np.float64) - np.where(found, approx.mass[order][at] if len(key_a) else 0, 0)
-    bound = (factor * push_threshold * float(ONE)) * exact.strength / start_deg[exact.owner]
-    ratio = float(np.max(lost / bound, initial=0.0)) if push_threshold > 0 else 0.0
-    return {"items": int(len(approx.starts)),
+    ratio = np.zeros(len(approx.starts))
+    if push_threshold > 0:
+        width = np.int64(max(int(exact.item.max(initial=0)), int(approx.item.max(initial=0))) + 1)
+        key_a, key_e = approx.owner * width + approx.item, exact.owner * width + exact.item
+        order = np.argsort(key_a)
+        at = np.minimum(np.searchsorted(key_a[order], key_e), max(len(key_a) - 1, 0))
+        found = (key_a[order][at] == key_e) if len(key_a) else np.zeros(len(key_e), bool)
+        lost = exact.mass.astype(np.float64) - np.where(found, approx.mass[order][at] if len(key_a) else 0, 0)
+        bound = (factor * push_threshold * float(ONE)) * exact.strength / start_deg[exact.owner]
+        np.maximum.at(ratio, exact.owner, lost / bound)
+    return agree, close, ratio
+
+
+def quality(agree: np.ndarray, close: np.ndarray, ratio: np.ndarray) -> dict:
+    """How real the ranking is, on a sample of starts (the ``neighbors`` manifest's ``quality``),
+    from :func:`quality_per_start`'s arrays in start order.
+
+    ``seed_agreement``: mean share of the top-T kept under another seed (only
+    exact ties can move); ``exact_overlap``: mean share of the unpruned
+    (``push_threshold = 0``) top-T kept; ``max_error_over_bound``: the largest
+    mass lost to pruning over its bound (at most 1).
+    """
+    return {"items": int(len(agree)),
             "seed_agreement": round(float(np.nanmean(agree)), 4) if np.isfinite(agree).any() else None,
             "seed_agreement_full": round(float(np.mean(agree[np.isfinite(agree)] == 1.0)), 4)
             if np.isfinite(agree).any() else None,
             "exact_overlap": round(float(np.nanmean(close)), 4) if np.isfinite(close).any() else None,
-            "max_error_over_bound": round(ratio, 4)}
+            "max_error_over_bound": round(float(np.max(ratio, initial=0.0)), 4)}
 
 
 def neighborhoods(t: Transitions, starts: np.ndarray, *, walk_length: int, restart_prob: float,
