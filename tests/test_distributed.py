@@ -103,7 +103,6 @@ def chain(work: str) -> dict:
             "embeddings": refreshed.counts}
 
 
-@pytest.mark.slow
 def test_join_mode_chain_runs_under_a_tiny_driver_result_limit(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}

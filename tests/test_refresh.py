@@ -272,6 +272,7 @@ def _refresh(run_dir, src, *extra):
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_stage_keeps_the_release_and_the_next_refresh_succeeds(spark, make_cfg,
                                                                            tmp_path):
     """A refresh killed while each stage writes; readers keep working; the next one cleans up."""
