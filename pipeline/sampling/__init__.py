@@ -189,41 +189,10 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
         train_edges = spark.read.schema(schemas.EDGES).parquet(edges_dir)
         ranked = join_mode.sample(spark, train_edges, n_items, bipartite, **kw)
     with stage.publish() as out:
-        # Two tables come from one propagation: write it once, then split the
-        # columns (a Parquet column read is far cheaper than computing twice or caching).
-        walked_dir = str(out.path / "walked")
-        if plan is not None:
-            prev_dir = versioned.check_version(st.run_dir, "neighbors", plan.previous)
-            kept = (spark.read.parquet(str(prev_dir / "neighbors"))
-                    .join(spark.read.parquet(str(prev_dir / "hard_candidates")), "node")
-                    .join(starts, "node", "left_anti").where(F.col("node") < n_items)
-                    .withColumn("pushes", F.lit(0).cast("long")))
-            ranked = ranked.unionByName(kept.select(*ranked.columns))
-        _write(ranked, walked_dir, "node", ROWS_PER_FILE, n_items)
-        walked = spark.read.parquet(walked_dir)
-        work = walked.agg(F.sum("pushes").alias("total"), F.max("pushes").alias("max")).first()
+        work = _write_neighbor_tables(spark, st.run_dir, out, ranked, plan, n_items)
         log.info("ranked %d items in %.1fs", n_items, time.perf_counter() - t0)
-        for table, cols in (("neighbors", ["node", "neighbors", "weights"]),
-                            ("hard_candidates", ["node", "hard"])):
-            walked.select(*cols).sortWithinPartitions("node").write.parquet(out.table_path(table))
-        shutil.rmtree(walked_dir)
-        written = spark.read.parquet(out.table_path("neighbors"))
-        stats = written.agg(F.count(F.lit(1)).alias("items"),
-                            F.sum((F.size("neighbors") == 0).cast("int")).alias("empty"),
-                            F.avg(F.size("neighbors")).alias("avg")).first()
-        seconds = time.perf_counter() - t0
-        recomputed = n_items if plan is None else plan.recomputed
-        pushes = int(work["total"] or 0)
-        counts = {"items": int(stats["items"]), "empty_neighborhoods": int(stats["empty"] or 0),
-                  "avg_neighbors": round(float(stats["avg"] or 0), 3),
-                  "hard_window_ranks": list(window),
-                  "recomputed_items": recomputed,
-                  "reused_items": 0 if plan is None else plan.reused,
-                  "reused_from": None if plan is None else plan.previous,
-                  "changed_edges": None if plan is None else plan.changed_edges,
-                  "mode": s.mode, "seconds": round(seconds, 2),
-                  "pushes": pushes, "max_pushes_per_item": int(work["max"] or 0),
-                  "pushes_per_second": round(pushes / seconds)}
+        counts = _neighbor_counts(spark, out, s.mode, window, plan, work, n_items, t0)
+        seconds = counts["seconds"]
         if s.quality_sample:
             counts["quality"] = _quality(spark, s, seed, window, n_items, bipartite,
                                          transitions=transitions, train_edges=train_edges,
@@ -236,6 +205,55 @@ def publish_neighbors(spark: SparkSession, st: Stages, s, *, seed: int, split_ve
     log.info("neighbors: %d items in %.1fs (%s mode), %d empty neighbourhoods",
              counts["items"], seconds, s.mode, counts["empty_neighborhoods"])
     return out.version
+
+
+def _write_neighbor_tables(spark: SparkSession, run_dir: str, out, ranked: DataFrame, plan,
+                           n_items: int):
+    """Write ``neighbors`` and ``hard_candidates`` into ``out``; the propagation's work
+    (``total`` and ``max`` pushes per item).
+
+    Both tables come from one propagation: it is written once, then its
+    columns split (a Parquet column read is far cheaper than computing twice
+    or caching). With an incremental ``plan`` the previous version's rows of
+    every item no change reaches are added unchanged.
+    """
+    walked_dir = str(out.path / "walked")
+    if plan is not None:
+        prev_dir = versioned.check_version(run_dir, "neighbors", plan.previous)
+        kept = (spark.read.parquet(str(prev_dir / "neighbors"))
+                .join(spark.read.parquet(str(prev_dir / "hard_candidates")), "node")
+                .join(plan.starts, "node", "left_anti").where(F.col("node") < n_items)
+                .withColumn("pushes", F.lit(0).cast("long")))
+        ranked = ranked.unionByName(kept.select(*ranked.columns))
+    _write(ranked, walked_dir, "node", ROWS_PER_FILE, n_items)
+    walked = spark.read.parquet(walked_dir)
+    work = walked.agg(F.sum("pushes").alias("total"), F.max("pushes").alias("max")).first()
+    for table, cols in (("neighbors", ["node", "neighbors", "weights"]),
+                        ("hard_candidates", ["node", "hard"])):
+        walked.select(*cols).sortWithinPartitions("node").write.parquet(out.table_path(table))
+    shutil.rmtree(walked_dir)
+    return work
+
+
+def _neighbor_counts(spark: SparkSession, out, mode: str, window, plan, work, n_items: int,
+                     t0: float) -> dict:
+    """The ``neighbors`` manifest's counts, read back from the written table."""
+    written = spark.read.parquet(out.table_path("neighbors"))
+    stats = written.agg(F.count(F.lit(1)).alias("items"),
+                        F.sum((F.size("neighbors") == 0).cast("int")).alias("empty"),
+                        F.avg(F.size("neighbors")).alias("avg")).first()
+    seconds = time.perf_counter() - t0
+    pushes = int(work["total"] or 0)
+    return {"items": int(stats["items"]), "empty_neighborhoods": int(stats["empty"] or 0),
+            "avg_neighbors": round(float(stats["avg"] or 0), 3),
+            "hard_window_ranks": list(window),
+            "recomputed_items": n_items if plan is None else plan.recomputed,
+            "reused_items": 0 if plan is None else plan.reused,
+            "reused_from": None if plan is None else plan.previous,
+            "changed_edges": None if plan is None else plan.changed_edges,
+            "mode": mode, "seconds": round(seconds, 2),
+            "pushes": pushes, "max_pushes_per_item": int(work["max"] or 0),
+            "pushes_per_second": round(pushes / seconds)}
 
 
 def _publish_split(spark: SparkSession, st: Stages, cfg, edges: DataFrame, graph: GraphManifest,
