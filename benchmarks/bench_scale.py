@@ -41,15 +41,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -63,68 +60,6 @@ SPARK_STAGES = ("ingest", "sample", "infer")
 OUTPUTS = {"ingest": ("graph",), "sample": ("split", "neighbors", "pairs", "batches"),
            "train": ("model",), "infer": ("embeddings",), "index": ("index",)}
 EXECUTOR_CORES = 2  # two one-core workers; train and index run in the driver on one core
-
-
-# --- the cluster (as tests/test_cluster.py starts it) -----------------------------------------
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
-    """A standalone master and ``workers`` one-core workers on 127.0.0.1, from pyspark's bin."""
-
-    def __init__(self, work: Path, worker_memory: str):
-        import pyspark
-        self.bin = Path(pyspark.__file__).parent / "bin"
-        self.work, self.worker_memory, self.procs = work, worker_memory, {}
-        self.port, self.ui = _port(), _port()
-        self.env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_HOME": str(self.bin.parent),
-                    "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-                    "SPARK_LOG_DIR": str(work / "logs"), "SPARK_WORKER_DIR": str(work / "workers")}
-
-    @property
-    def url(self) -> str:
-        return f"spark://127.0.0.1:{self.port}"
-
-    def _start(self, name: str, *args: str) -> None:
-        log = open(self.work / f"{name}.log", "w")
-        self.procs[name] = subprocess.Popen([str(self.bin / "spark-class"), *args], env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-
-    def start(self, workers: int = 2) -> None:
-        self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                    "--port", str(self.port), "--webui-port", str(self.ui))
-        for i in range(workers):
-            self._start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host",
-                        "127.0.0.1", "--cores", "1", "--memory", self.worker_memory,
-                        "--webui-port", str(_port()), self.url)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                state = json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.ui}/json",
-                                                         timeout=2))
-                if sum(w["state"] == "ALIVE" for w in state["workers"]) == workers:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"the cluster did not start; logs in {self.work}")
-
-    def stop(self) -> None:
-        import signal
-        for proc in self.procs.values():
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=30)
-
-    def workers(self) -> list[int]:
-        return [p.pid for n, p in self.procs.items() if n.startswith("worker")]
 
 
 # --- RSS sampling -------------------------------------------------------------------------------
@@ -209,6 +144,7 @@ def one_size(args) -> dict:
     from pipeline.io import versioned
     from pipeline.sampling import run_sample
     from pipeline.spark import build_spark
+    from pipeline.standalone import StandaloneCluster
     from pipeline.train import trainer
 
     logging.basicConfig(level=logging.WARNING)
@@ -236,7 +172,7 @@ def one_size(args) -> dict:
             f"sample.partitions={args.sample_partitions}",
             f"infer.partitions={args.infer_partitions}", *args.override])
 
-    cluster = Cluster(work / "cluster", args.worker_memory)
+    cluster = StandaloneCluster(work / "cluster", args.worker_memory)
     (work / "cluster").mkdir()
     cluster.start()
     result = {"edges_requested": E, "seconds": {}, "rss": {}, "rss_start": {}, "bytes": {}}
@@ -249,7 +185,7 @@ def one_size(args) -> dict:
         spark.range(10).count()  # JVMs, executors and Python workers up before timing
         queries = None
         jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
-        with RssMonitor(jvm_pid, cluster.workers()) as mon:
+        with RssMonitor(jvm_pid, cluster.worker_pids()) as mon:
             for stage in STAGES:
                 result["rss_start"][stage] = mon.sample()
                 mon.stage = stage

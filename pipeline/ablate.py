@@ -14,7 +14,6 @@ CI. Re-running reuses every stage whose inputs and config match.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from pipeline import metrics as M
 from pipeline.errors import PipelineError
-from pipeline.evaluate import baselines, data as eval_data, report
+from pipeline.evaluate import report, variants
 from pipeline.evaluate.embed import embed_items
 from pipeline.io import versioned
 from pipeline.io.stage import Stage
@@ -94,14 +93,11 @@ def _embed_row(spark: SparkSession, cfg, name: str
 
 def run_ablate(spark: SparkSession, cfg) -> AblationResult:
     """Score every row of ``ablate.rows`` (and the defaults); publish the ``ablation`` stage."""
-    run_dir, seed, ab = cfg.run_dir, int(cfg.seed), cfg.ablate
+    run_dir, ab = cfg.run_dir, cfg.ablate
     ks = sorted(set(int(k) for k in cfg.eval.ks))
     rows = {DEFAULTS: cfg, **{name: _row_config(cfg, name, list(o)) for name, o in ab.rows.items()}}
     versions = versioned.latest_inputs(run_dir, ("graph", "split"), "the ablation")
-    data = eval_data.load(run_dir, kind=ab.kind, split_version=versions["split"],
-                          max_queries=cfg.eval.max_queries, seed=seed)
-    uniq, inverse = np.unique(data.queries, return_inverse=True)
-
+    data = variants.load_rows(cfg, ab.kind, versions["split"])
     ranks: dict[str, np.ndarray] = {}
     models: dict[str, str] = {}
     same_as: dict[str, str] = {}
@@ -113,38 +109,35 @@ def run_ablate(spark: SparkSession, cfg) -> AblationResult:
             ranks[name], models[name] = ranks[done[fp]], models[done[fp]]
             continue
         done[fp] = name
-        (matrix, query_vectors), models[name] = _embed_row(spark, row, name)
-        top = M.only_items(
-            baselines.embedding_topk(matrix, uniq, ks[-1], data.live, query_vectors), data.live)
-        ranks[name] = M.target_ranks(top[inverse], data.targets)
+        embeddings, models[name] = _embed_row(spark, row, name)
+        ranks[name] = variants.target_ranks(data, embeddings, ks)
         log.info("ablation %s: %s", name, M.summarize(ranks[name], ks))
 
-    per_query = {n: M.per_query(r, ks) for n, r in ranks.items()}
     # Each row minus the defaults, query by query, on the same resamples: a
     # paired CI says whether a part is worth anything, which overlapping
     # per-row CIs cannot.
+    per_query = {n: M.per_query(r, ks) for n, r in ranks.items()}
     diffs = {n: {k: v - per_query[DEFAULTS][k] for k, v in per_query[n].items()}
              for n in rows if n != DEFAULTS and n not in same_as}
-    ci = M.bootstrap_ci({**per_query, **{f"{n} - {DEFAULTS}": d for n, d in diffs.items()}},
-                        cfg.eval.bootstrap, seed)
-    metrics = {"dataset": cfg.data.name, "split": ab.kind, "num_queries": int(len(data.queries)),
-               "ks": ks, "bootstrap": cfg.eval.bootstrap,
-               "rows": {n: list(ab.rows[n]) if n in ab.rows else [] for n in rows},
-               "same_as": same_as, "models": models,
-               "methods": {n: {**M.summarize(r, ks), "ci95": ci[n]} for n, r in ranks.items()},
-               "vs_defaults": {n: {"difference": {k: float(v.mean()) for k, v in d.items()},
-                                   "ci95": ci[f"{n} - {DEFAULTS}"]} for n, d in diffs.items()}}
+    metrics, ci = variants.scored(cfg, ab.kind, data, ranks, ks,
+                                  extra={f"{n} - {DEFAULTS}": d for n, d in diffs.items()})
+    metrics.update({"rows": {n: list(ab.rows[n]) if n in ab.rows else [] for n in rows},
+                    "same_as": same_as, "models": models,
+                    "vs_defaults": {n: {"difference": {k: float(v.mean()) for k, v in d.items()},
+                                        "ci95": ci[f"{n} - {DEFAULTS}"]}
+                                    for n, d in diffs.items()}})
     table = report.markdown_table(metrics) + "\n\n" + report.difference_table(
         metrics["vs_defaults"], [f"hit_rate@{ks[0]}", "mrr"], DEFAULTS)
     stage = Stage(run_dir, STAGE, versions,
                   {"ablate": OmegaConf.to_container(ab, resolve=True), "models": models, "ks": ks,
-                   "bootstrap": cfg.eval.bootstrap}, keep=cfg.keep_versions, force=cfg.force)
+                   "bootstrap": cfg.eval.bootstrap, "max_queries": cfg.eval.max_queries,
+                   "large_graph": [cfg.eval.large_graph_items, cfg.eval.large_graph_queries]},
+                  keep=cfg.keep_versions, force=cfg.force)
     found = stage.reusable()
     if found:
         return AblationResult(found, True, metrics, table)
     with stage.publish() as out:
-        (out.path / "ablation.md").write_text(table + "\n")
-        (out.path / "ablation.json").write_text(json.dumps(metrics, indent=2))
+        variants.write_table(out.path, STAGE, table, metrics)
         report.ablation_plot(metrics, out.path / "ablation.png")
         out.manifest.update({"counts": {"rows": len(rows), "queries": metrics["num_queries"]}})
     return AblationResult(out.version, False, metrics, table)

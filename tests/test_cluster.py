@@ -20,17 +20,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyspark
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
@@ -39,72 +35,17 @@ from pipeline.ingest import run_ingest
 from pipeline.io import versioned
 from pipeline.io.embeddings import read_embeddings
 from pipeline.sampling import run_sample
+from pipeline.standalone import SPARK_BIN, StandaloneCluster, free_port, get_json
 from pipeline.train.trainer import run_train
 
 ROOT = Path(__file__).resolve().parent.parent
-SPARK_BIN = Path(pyspark.__file__).parent / "bin"
 SMALL = ("sample.batch_size=64", "sample.easy_negatives=40",
          "train.epochs=1", "train.easy_negatives=40", "model.hidden_dim=16",
          "infer.partitions=4", "sample.partitions=4")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str):
-    return json.load(urllib.request.urlopen(url, timeout=2))
-
-
-class Cluster:
-    def __init__(self, work: Path):
-        self.work, self.procs = work, {}
-        self.port, self.ui = _port(), _port()
-        self.env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_HOME": str(SPARK_BIN.parent),
-                    "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-                    "SPARK_LOG_DIR": str(work / "logs"), "SPARK_WORKER_DIR": str(work / "workers")}
-
-    def _start(self, name: str, *args: str) -> None:
-        log = open(self.work / f"{name}.log", "w")
-        self.procs[name] = subprocess.Popen([str(SPARK_BIN / "spark-class"), *args], env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-
-    @property
-    def url(self) -> str:
-        return f"spark://127.0.0.1:{self.port}"
-
-    def start(self, workers: int = 2) -> None:
-        self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                    "--port", str(self.port), "--webui-port", str(self.ui))
-        for i in range(workers):
-            self._start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                        "--cores", "1", "--memory", "1g", "--webui-port", str(_port()), self.url)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                state = _get_json(f"http://127.0.0.1:{self.ui}/json")
-                if sum(w["state"] == "ALIVE" for w in state["workers"]) == workers:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"the cluster did not start; logs in {self.work}")
-
-    def kill(self, name: str) -> None:
-        """SIGKILL a process group (the worker JVM and the executors it started)."""
-        proc = self.procs[name]
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        for name in list(self.procs):
-            self.kill(name)
+class Cluster(StandaloneCluster):
+    """The standalone cluster, with spark-submit as the tests run it."""
 
     def submit(self, script: str, *args: str, during=None, conf: dict | None = None,
                py_files: Path | None = None) -> str:
@@ -283,7 +224,7 @@ def test_cluster_equals_local_mode(spark, make_cfg, tmp_path, cluster):
     zipped = _zip_pipeline(cluster.work)
     cluster.submit("jobs/ingest.py", *over, py_files=zipped)
 
-    ui = _port()
+    ui = free_port()
 
     def kill_a_worker_mid_walk(proc):
         """Once the split is published, SIGKILL worker1 the moment the driver's REST API
@@ -292,8 +233,8 @@ def test_cluster_equals_local_mode(spark, make_cfg, tmp_path, cluster):
         while proc.poll() is None:
             try:
                 if (remote / "split" / "_LATEST").exists():
-                    app = _get_json(api)[0]["id"]
-                    busy = [e["activeTasks"] > 0 for e in _get_json(f"{api}/{app}/executors")
+                    app = get_json(api)[0]["id"]
+                    busy = [e["activeTasks"] > 0 for e in get_json(f"{api}/{app}/executors")
                             if e["id"] != "driver"]
                     if len(busy) == 2 and all(busy):
                         cluster.kill("worker1")

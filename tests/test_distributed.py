@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
-import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
@@ -29,7 +28,7 @@ from pipeline.config import CONF_DIR
 from pipeline.infer import run_infer
 from pipeline.ingest import run_ingest
 from pipeline.io import versioned
-from pipeline.io.manifests import GraphManifest
+from pipeline.io.manifests import GraphManifest, ModelManifest
 from pipeline.model import build_model
 from pipeline.sampling import run_sample
 from pipeline.spark import build_spark
@@ -84,12 +83,8 @@ def chain(work: str) -> dict:
     model = build_model(cfg.model, graph.feature_dim, graph.n_items)
     with versioned.publish(cfg.run_dir, "model", "random") as out:
         torch.save(model.state_dict(), out.path / "model.pt")
-        out.manifest["model"] = {
-            "feature_dim": graph.feature_dim, "num_items": graph.n_items,
-            "num_neighbors": cfg.sample.num_neighbors,
-            **{k: cfg.model[k] for k in ("num_layers", "hidden_dim", "aggregator", "id_embedding",
-                                         "id_buckets", "head_layers", "item_bias",
-                                         "query_offsets")}}
+        out.manifest.update(ModelManifest.for_config(
+            cfg.model, graph.feature_dim, graph.n_items, cfg.sample.num_neighbors).entries())
     embedded = run_infer(spark, cfg)
     _graph(src, extra_users=5)
     run_ingest(spark, cfg)

@@ -17,6 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate import baselines, index as ann, print_summary, run_evaluate
 from pipeline.evaluate.data import EvalData
 from pipeline.io import versioned
+from pipeline.io.manifests import ReleaseManifest
 from pipeline.io.embeddings import read_embeddings
 from pipeline.io.kinds import RETIRED_ID
 from pipeline.serve import similar_items
@@ -388,7 +389,7 @@ def test_similar_items_serves_the_released_index_not_a_newer_one(small_run, tmp_
     assert answers[0] != answers[1]
     assert similar_items(str(tmp_path), ["m0"], k=5)[0] == answers[1]       # no release yet
     with versioned.publish(str(tmp_path), versioned.RELEASE, "r" * 64) as out:
-        out.manifest["versions"] = {"index": indexes[0]}
+        out.manifest.update(ReleaseManifest({"index": indexes[0]}).entries())
     assert similar_items(str(tmp_path), ["m0"], k=5)[0] == answers[0]
 
 

@@ -15,6 +15,7 @@ from pyspark.testing import assertDataFrameEqual
 from pipeline.errors import PipelineError
 from pipeline.ingest import run_ingest
 from pipeline.io import versioned
+from pipeline.io.manifests import ReleaseManifest
 from pipeline.refresh import Refused, lock as run_lock, rollback, run_refresh
 from pipeline.sampling import run_sample
 
@@ -122,8 +123,9 @@ def test_refresh_release_gate_rollback_and_pruning(spark, make_cfg, tmp_path, mo
                     for d, r in ((cfg.run_dir, second), (full_dir, full)))
             assert a.sort_by("node").equals(b.sort_by("node")), (stage, table)
     assert full.metrics == second.metrics
-    manifest = versioned.read_manifest(cfg.run_dir, "release")
-    assert manifest["versions"] == second.versions and manifest["counts"] == second.counts
+    manifest = ReleaseManifest.read(cfg.run_dir)
+    assert manifest.versions == second.versions and manifest.counts == second.counts
+    assert manifest.previous == first.version
 
     # The gate: a refresh whose hit-rate drops too far publishes nothing and
     # leaves every stage on the current release.
@@ -298,19 +300,19 @@ def test_sigkill_mid_stage_keeps_the_release_and_the_next_refresh_succeeds(spark
         assert any(p.name.startswith("_tmp-") for p in root.iterdir())      # debris of the kill
         assert versioned.latest_version(cfg.run_dir, "release") == first.version
         assert versioned.latest_version(cfg.run_dir, stage) == first.versions[stage]
-        release = versioned.read_manifest(cfg.run_dir, "release")
-        assert read_embeddings(cfg.run_dir, release["versions"]["embeddings"]).matrix.shape[0] > 0
+        release = ReleaseManifest.read(cfg.run_dir)
+        assert read_embeddings(cfg.run_dir, release.versions["embeddings"]).matrix.shape[0] > 0
     proc = _refresh(cfg.run_dir, src)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
-    second = versioned.read_manifest(cfg.run_dir, "release")
-    assert second["previous"] == first.version
+    second = ReleaseManifest.read(cfg.run_dir)
+    assert second.previous == first.version
     with run_lock.RunLock(cfg.run_dir) as held:        # free, and the refresh left no holder
         assert held.took_over is None
-    for stage in second["versions"]:
+    for stage in second.versions:
         assert not [p for p in versioned.stage_dir(cfg.run_dir, stage).iterdir()
                     if p.name.startswith("_tmp-")], stage
     proc = _refresh(cfg.run_dir, src)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 2
-    assert f"error: nothing changed since release/{second['version']}; not publishing\n" in out
+    assert f"error: nothing changed since release/{second.version}; not publishing\n" in out

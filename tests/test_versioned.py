@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 from pipeline.io import versioned
+from pipeline.io.manifests import ReleaseManifest
 
 
 def _publish(run_dir, payload: str, fp: str = "f" * 64, keep: int = 3) -> str:
@@ -154,7 +155,7 @@ def test_file_identity_changes_when_file_rewritten(tmp_path):
 
 def _release(run_dir, **versions) -> str:
     with versioned.publish(run_dir, versioned.RELEASE, "r" * 64) as out:
-        out.manifest["versions"] = versions
+        out.manifest.update(ReleaseManifest(versions).entries())
     return out.version
 
 

@@ -203,6 +203,16 @@ def test_chunks_and_start_order_do_not_change_a_neighbourhood(monkeypatch):
     assert by_start(np.array([13])) == {13: whole[13]}
 
 
+@pytest.mark.parametrize("n", [1, 2, 10, 997, 1000, 30_000])
+def test_spread_order_is_a_permutation_that_mixes_the_id_range(n):
+    order = ppr.spread_order(n)
+    assert np.array_equal(np.sort(order), np.arange(n))
+    if n % 100 == 0:   # each tenth of the order takes about a tenth of every tenth of the ids
+        counts = np.stack([np.bincount(part * 10 // n, minlength=10)
+                           for part in order.reshape(10, -1)])
+        assert counts.min() >= 0.5 * n / 100 and counts.max() <= 1.5 * n / 100
+
+
 def test_isolated_items_have_no_neighbours():
     t = transitions(HOMOGENEOUS)
     visits, pushes = ppr.propagate(t, np.arange(7), walk_length=3, restart_prob=0.2,

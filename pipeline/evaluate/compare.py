@@ -10,7 +10,6 @@ published. Re-running reuses every variant's model and the stage.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from pipeline import metrics as M
 from pipeline.errors import PipelineError
-from pipeline.evaluate import baselines, data as eval_data, report, variants
+from pipeline.evaluate import report, variants
 from pipeline.io import versioned
 from pipeline.io.stage import Stage
 from pipeline.model.layers import check_aggregator
@@ -56,35 +55,28 @@ def run_compare_aggregators(cfg) -> CompareResult:
     _validate(aggregators)
     ks = sorted(set(int(k) for k in ev.ks))
     inputs = versioned.latest_inputs(run_dir, variants.INPUT_STAGES, "the aggregator comparison")
-    data = eval_data.load(run_dir, kind=ev.kind, split_version=inputs["split"],
-                          max_queries=ev.max_queries, seed=seed)
-    uniq, inverse = np.unique(data.queries, return_inverse=True)
-
+    data = variants.load_rows(cfg, ev.kind, inputs["split"])
     ranks: dict[str, np.ndarray] = {}
     models: dict[str, str] = {}
     for agg in tqdm(aggregators, desc="compare", unit="aggregator"):
-        (matrix, query_vectors), models[agg] = variants.train_and_embed(cfg, agg)
-        top = M.only_items(baselines.embedding_topk(matrix, uniq, ks[-1], data.live,
-                                                    query_vectors), data.live)
-        ranks[agg] = M.target_ranks(top[inverse], data.targets)
+        embeddings, models[agg] = variants.train_and_embed(cfg, agg)
+        ranks[agg] = variants.target_ranks(data, embeddings, ks)
         log.info("aggregator %s: %s", agg, M.summarize(ranks[agg], ks))
-
-    ci = M.bootstrap_ci({a: M.per_query(r, ks) for a, r in ranks.items()}, ev.bootstrap, seed)
-    metrics = {"dataset": cfg.data.name, "split": ev.kind, "num_queries": int(len(data.queries)),
-               "ks": ks, "bootstrap": ev.bootstrap, "models": models,
-               "methods": {a: {**M.summarize(r, ks), "ci95": ci[a]} for a, r in ranks.items()}}
+    metrics, _ = variants.scored(cfg, ev.kind, data, ranks, ks)
+    metrics["models"] = models
     table = report.markdown_table(metrics)
     stage = Stage(run_dir, STAGE, inputs,
                   {"compare": OmegaConf.to_container(cfg.compare, resolve=True), "models": models,
                    "kind": ev.kind, "ks": ks, "bootstrap": ev.bootstrap,
-                   "max_queries": ev.max_queries, "seed": seed},
+                   "max_queries": ev.max_queries, "large_graph": [ev.large_graph_items,
+                                                                  ev.large_graph_queries],
+                   "seed": seed},
                   keep=cfg.keep_versions, force=cfg.force)
     found = stage.reusable()
     if found:
         return CompareResult(found, True, metrics, table)
     with stage.publish() as out:
-        (out.path / "compare.md").write_text(table + "\n")
-        (out.path / "compare.json").write_text(json.dumps(metrics, indent=2))
+        variants.write_table(out.path, STAGE, table, metrics)
         out.manifest["counts"] = {"aggregators": len(aggregators),
                                   "queries": metrics["num_queries"]}
     return CompareResult(out.version, False, metrics, table)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -66,7 +67,7 @@ def hnsw_bytes(n: int, d: int, m: int) -> int:
     """Estimated size of faiss's ``IndexHNSWFlat``: the vectors, 2m links per node on the
     bottom level and m on each upper level (a node reaches level l with probability m^-l),
     and a level number per node."""
-    upper = m * (1 / (m - 1)) if m > 1 else 0.0
+    upper = m / (m - 1) if m > 1 else 0.0
     return int(n * (4 * d + 4 * (2 * m + upper) + 8))
 
 
@@ -133,6 +134,31 @@ class IndexResult:
     manifest: dict
 
 
+def _recall(index, matrix: np.ndarray, queries: np.ndarray, query_vectors: np.ndarray,
+            ks) -> tuple[dict[str, float], float]:
+    """``({"recall@K": ...}, seconds of the approximate search)`` against exact search."""
+    exact_top, _ = search(exact_index(matrix), matrix, queries, max(ks), query_vectors)
+    t0 = time.perf_counter()
+    approx_top, _ = search(index, matrix, queries, max(ks), query_vectors)
+    search_s = time.perf_counter() - t0
+    return {f"recall@{k}": round(recall(approx_top, exact_top, k), 4) for k in ks}, search_s
+
+
+def _write_items(path: Path, node: np.ndarray, ids: list[str], query_vectors: np.ndarray) -> str:
+    """Write the ``items`` table (index row -> node, source id, the item's query vector);
+    returns its schema's description for the manifest."""
+    # Spark's schema types, imported only here: serving (similar_items) needs no PySpark.
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from pipeline.io import schemas
+    table = pa.table({"node": pa.array(node, pa.int64()), "id": pa.array(ids, pa.string()),
+                      "query": list_column(query_vectors)},
+                     schema=to_arrow_schema(schemas.INDEX_ITEMS))
+    path.mkdir()
+    pq.write_table(table, path / "part-0.parquet")
+    return schemas.describe(schemas.INDEX_ITEMS)
+
+
 def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray,
                   *, keep: int = 3, force: bool = False, seed: int = 0) -> IndexResult:
     """Build the approximate index over the published embeddings; publish stage ``index``.
@@ -143,10 +169,6 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
     is measured against the exact index on ``queries`` (row numbers of the
     embedding matrix, e.g. the test queries).
     """
-    # Spark's schema types, imported only here: serving (similar_items) needs no PySpark.
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    from pipeline.io import schemas
     params = {"index": ev.index, "max_gb": ev.index_max_gb, "m": ev.index_m,
               "ef_construction": ev.index_ef_construction, "ef_search": ev.index_ef_search,
               "nlist": ev.index_nlist, "nprobe": ev.index_nprobe, "ks": list(ev.ks), "seed": seed}
@@ -170,19 +192,10 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
                               ef_search=ev.index_ef_search, nlist=ev.index_nlist,
                               nprobe=ev.index_nprobe, seed=seed)
     build_s = time.perf_counter() - t0
-    kmax = max(ev.ks)
-    exact_top, _ = search(exact_index(matrix), matrix, queries, kmax, query_vectors)
-    t0 = time.perf_counter()
-    approx_top, _ = search(index, matrix, queries, kmax, query_vectors)
-    search_s = time.perf_counter() - t0
-    quality = {f"recall@{k}": round(recall(approx_top, exact_top, k), 4) for k in ev.ks}
+    quality, search_s = _recall(index, matrix, queries, query_vectors, ev.ks)
     with stage.publish() as out:
         faiss.write_index(index, str(out.path / INDEX_FILE))
-        table = pa.table({"node": pa.array(node, pa.int64()), "id": pa.array(ids, pa.string()),
-                          "query": list_column(query_vectors)},
-                         schema=to_arrow_schema(schemas.INDEX_ITEMS))
-        (out.path / ITEMS_TABLE).mkdir()
-        pq.write_table(table, out.path / ITEMS_TABLE / "part-0.parquet")
+        items_schema = _write_items(out.path / ITEMS_TABLE, node, ids, query_vectors)
         out.manifest.update({
             "counts": {"items": int(matrix.shape[0]), "dim": int(matrix.shape[1]),
                        "retired_items_left_out": int((~live).sum()),
@@ -192,7 +205,7 @@ def publish_index(run_dir: str, ev, embeddings_version: str, queries: np.ndarray
             "note": note,
             "seconds": {"build": round(build_s, 3),
                         "search_per_query_ms": round(1000 * search_s / max(1, len(queries)), 4)},
-            "schema": {ITEMS_TABLE: schemas.describe(schemas.INDEX_ITEMS)},
+            "schema": {ITEMS_TABLE: items_schema},
         })
     log.info("index/%s: %s over %d items, %s", out.version, kind, matrix.shape[0], quality)
     return IndexResult(out.version, False, versioned.read_manifest(run_dir, STAGE, out.version))

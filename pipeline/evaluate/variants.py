@@ -14,12 +14,15 @@ re-run reuses each variant's published model.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
+from pipeline import metrics as M
+from pipeline.evaluate import baselines, data as eval_data
 from pipeline.evaluate.embed import embed_items
 from pipeline.io import versioned
 from pipeline.train.trainer import run_train
@@ -27,6 +30,48 @@ from pipeline.train.trainer import run_train
 log = logging.getLogger(__name__)
 
 INPUT_STAGES = ("graph", "split", "neighbors", "batches")
+
+
+def load_rows(cfg, kind: str, split_version: str) -> eval_data.EvalData:
+    """The held-out rows a comparison scores: ``kind`` rows of the split, sampled as the
+    evaluation samples them (``eval.max_queries``, or on a large graph
+    ``eval.large_graph_queries``)."""
+    ev = cfg.eval
+    return eval_data.load(cfg.run_dir, kind=kind, split_version=split_version,
+                          max_queries=ev.max_queries, seed=int(cfg.seed),
+                          large_graph=(ev.large_graph_items, ev.large_graph_queries))
+
+
+def target_ranks(data: eval_data.EvalData, embeddings: tuple[np.ndarray, np.ndarray | None],
+                 ks: list[int]) -> np.ndarray:
+    """Each held-out row's target rank among the live items under one variant's
+    ``(matrix, query vectors)``, by the evaluation's own scorer (0 beyond ``max(ks)``)."""
+    matrix, query_vectors = embeddings
+    uniq, inverse = np.unique(data.queries, return_inverse=True)
+    top = M.only_items(baselines.embedding_topk(matrix, uniq, ks[-1], data.live, query_vectors),
+                       data.live)
+    return M.target_ranks(top[inverse], data.targets)
+
+
+def scored(cfg, kind: str, data: eval_data.EvalData, ranks: dict[str, np.ndarray],
+           ks: list[int], extra: dict[str, dict[str, np.ndarray]] | None = None
+           ) -> tuple[dict, dict]:
+    """``(metrics, ci)``: each variant's metrics with 95% CIs, every variant (and each
+    per-query series of ``extra``, e.g. paired differences) on the same resamples."""
+    per_query = {n: M.per_query(r, ks) for n, r in ranks.items()}
+    ci = M.bootstrap_ci({**per_query, **(extra or {})}, cfg.eval.bootstrap, int(cfg.seed))
+    metrics = {"dataset": cfg.data.name, "split": kind, "num_queries": int(len(data.queries)),
+               "ks": ks, "bootstrap": cfg.eval.bootstrap,
+               "methods": {n: {**M.summarize(r, ks), "ci95": ci[n]} for n, r in ranks.items()}}
+    if data.sampled:
+        metrics["notes"] = [data.sampled]
+    return metrics, ci
+
+
+def write_table(directory: Path, name: str, table: str, metrics: dict) -> None:
+    """``<name>.md`` (the printed table) and ``<name>.json`` (the metrics) of a comparison."""
+    (directory / f"{name}.md").write_text(table + "\n")
+    (directory / f"{name}.json").write_text(json.dumps(metrics, indent=2))
 
 
 def variant_dir(run_dir: str, name: str) -> Path:

@@ -262,6 +262,22 @@ def _read_inputs(spark: SparkSession, cfg, inputs: dict[str, str], spec: dict
                               "unseen": int(stats["unseen"] or 0)}
 
 
+def _partitions(spark: SparkSession, computed: int, num_neighbors: int) -> int:
+    """Few partitions (a message is shipped once per partition that needs it), each
+    holding at most ``REDUCE_ROWS_PER_PARTITION`` reduce rows."""
+    return max(spark.sparkContext.defaultParallelism,
+               math.ceil(computed * (num_neighbors + 1) / REDUCE_ROWS_PER_PARTITION))
+
+
+def _reuse_counts(plan: incremental.Plan | None, n_items: int, why: str) -> dict:
+    """The manifest's account of what an incremental plan recomputed and reused."""
+    return {"recomputed_items": n_items if plan is None else plan.recomputed,
+            "reused_items": 0 if plan is None else plan.reused,
+            "reused_from": None if plan is None else plan.previous,
+            "changed_items": None if plan is None else plan.changed_items,
+            "not_reused_because": why or None}
+
+
 def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -> InferResult:
     """Embed every item of the latest graph with the latest model; publish ``embeddings``.
 
@@ -274,17 +290,15 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
     i, run_dir = cfg.infer, cfg.run_dir
     inputs = versioned.latest_inputs(run_dir, (MODEL_STAGE, "neighbors", "graph"), "inference")
     params = {"message_dtype": i.message_dtype}
-    stage = Stage(run_dir, STAGE, inputs, params, keep=cfg.keep_versions,
-                  force=cfg.force)
-    found = stage.reusable()
-    if found:
+    stage = Stage(run_dir, STAGE, inputs, params, keep=cfg.keep_versions, force=cfg.force)
+    if found := stage.reusable():
         return InferResult(found, True, stage.manifest(found)["counts"])
 
     t0 = time.perf_counter()
     model, model_manifest = load_model(run_dir, inputs[MODEL_STAGE])
     spec = model_manifest.spec
     items, neighbors, stats = _read_inputs(spark, cfg, inputs, spec)
-    n_items, with_nbrs = stats["items"], stats["with_neighbors"]
+    n_items = stats["items"]
     T = int(spec["num_neighbors"])
     plan, why = (incremental.plan(spark, run_dir, embeddings_from, inputs, params,
                                   stage.code_hashes, items, neighbors,
@@ -293,37 +307,29 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
     if why:
         log.info("embedding every item: cannot reuse embeddings/%s: %s", embeddings_from, why)
     computed = n_items if plan is None else plan.computed
-    # Few partitions: a message is shipped once per partition that needs it.
-    partitions = i.partitions or max(spark.sparkContext.defaultParallelism, math.ceil(
-        computed * (T + 1) / REDUCE_ROWS_PER_PARTITION))
+    partitions = i.partitions or _partitions(spark, computed, T)
     log.info("embedding %d items with model/%s (%d layers, %s) in %d partitions",
              n_items if plan is None else plan.recomputed, inputs[MODEL_STAGE], model.num_layers,
              spec["aggregator"], partitions)
 
     with stage.publish() as out:
         scratch = out.path / "_recomputed"
+        options = dict(partitions=partitions, message_dtype=i.message_dtype,
+                       batch_rows=i.batch_rows)
         with _session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
                                    str(i.batch_rows)}):
             if plan is None:
                 embed(spark, items, neighbors, model, spec, out_path=out.table_path(TABLE),
-                      partitions=partitions, message_dtype=i.message_dtype,
-                      batch_rows=i.batch_rows)
+                      **options)
             else:
                 _embed_changed(spark, run_dir, plan, items, neighbors, model, spec,
-                               scratch=str(scratch), out_path=out.table_path(TABLE),
-                               partitions=partitions, message_dtype=i.message_dtype,
-                               batch_rows=i.batch_rows)
+                               scratch=str(scratch), out_path=out.table_path(TABLE), **options)
         shutil.rmtree(scratch, ignore_errors=True)
         total = time.perf_counter() - t0
-        counts = {"items": n_items, "empty_neighborhoods": n_items - with_nbrs,
+        counts = {"items": n_items, "empty_neighborhoods": n_items - stats["with_neighbors"],
                   "unseen_items": stats["unseen"], "num_layers": model.num_layers,
                   "dim": spec["hidden_dim"], "partitions": partitions,
-                  "message_dtype": i.message_dtype,
-                  "recomputed_items": n_items if plan is None else plan.recomputed,
-                  "reused_items": 0 if plan is None else plan.reused,
-                  "reused_from": None if plan is None else plan.previous,
-                  "changed_items": None if plan is None else plan.changed_items,
-                  "not_reused_because": why or None,
+                  "message_dtype": i.message_dtype, **_reuse_counts(plan, n_items, why),
                   "computed_items": computed,
                   "seconds": round(total, 2), "items_per_second": round(n_items / total)}
         out.manifest.update({"counts": counts,

@@ -153,3 +153,31 @@ class ModelManifest:
         """What :meth:`read` reads but the inputs, as the trainer writes it."""
         return {"model": self.spec, "tensorboard": self.tensorboard,
                 "bias_scale": self.bias_scale, "history": self.history}
+
+
+@dataclass(frozen=True)
+class ReleaseManifest:
+    versions: dict[str, str]    # stage -> the version the release serves (pruning spares them)
+    metrics: dict[str, Any] = field(default_factory=dict)  # what the release gate checked
+    counts: dict[str, Any] = field(default_factory=dict)
+    previous: str | None = None  # the release it replaced
+    version: str = ""           # the version read ('' for one being published)
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike, version: str | None = None) -> ReleaseManifest:
+        m = _read(run_dir, versioned.RELEASE, version)
+        return cls(version=m["version"], versions=dict(m["versions"]),
+                   metrics=m.get("metrics", {}), counts=m.get("counts", {}),
+                   previous=m.get("previous"))
+
+    @classmethod
+    def current(cls, run_dir: str | os.PathLike) -> ReleaseManifest | None:
+        """The current release, or None before the first one."""
+        if versioned.latest_version(run_dir, versioned.RELEASE) is None:
+            return None
+        return cls.read(run_dir)
+
+    def entries(self) -> dict:
+        """What :meth:`read` reads, as the refresh writes it."""
+        return {"versions": self.versions, "metrics": self.metrics, "counts": self.counts,
+                "previous": self.previous}

@@ -29,6 +29,7 @@ from pipeline.infer import run_infer
 from pipeline.ingest import run_ingest
 from pipeline.io import versioned
 from pipeline.io.embeddings import read_embeddings
+from pipeline.io.manifests import ReleaseManifest
 from pipeline.io.stage import Stage
 from pipeline.refresh.lock import RunLock
 from pipeline.sampling import run_sample
@@ -56,18 +57,11 @@ class RefreshResult:
     took_over_lock: dict | None = None
 
 
-def current(run_dir: str) -> dict | None:
-    """The manifest of the current release, or None before the first one."""
-    if versioned.latest_version(run_dir, STAGE) is None:
-        return None
-    return versioned.read_manifest(run_dir, STAGE)
-
-
-def _restore(run_dir: str, release: dict | None) -> None:
+def _restore(run_dir: str, release: ReleaseManifest | None) -> None:
     """Point every stage the release names back at its version."""
     if release is None:
         return
-    for stage, version in release["versions"].items():
+    for stage, version in release.versions.items():
         if versioned.latest_version(run_dir, stage) != version:
             versioned.point_latest(run_dir, stage, version)
             log.info("%s/_LATEST back on %s", stage, version)
@@ -81,8 +75,8 @@ def rollback(run_dir: str) -> str:
         if latest not in releases or releases.index(latest) == 0:
             raise PipelineError(f"no release before {latest or 'none'} in {run_dir} to roll back to")
         target = releases[releases.index(latest) - 1]
-        manifest = versioned.read_manifest(run_dir, STAGE, target)
-        for stage, version in manifest["versions"].items():
+        manifest = ReleaseManifest.read(run_dir, target)
+        for stage, version in manifest.versions.items():
             try:
                 versioned.resolve(run_dir, stage, version)
             except versioned.StageNotFound:
@@ -105,7 +99,7 @@ def prune(run_dir: str, keep: int) -> list[str]:
     versioned.prune(run_dir, STAGE, keep)
     used: dict[str, set[str]] = {}
     for r in versioned.list_versions(run_dir, STAGE):
-        for stage, version in versioned.read_manifest(run_dir, STAGE, r)["versions"].items():
+        for stage, version in ReleaseManifest.read(run_dir, r).versions.items():
             used.setdefault(stage, set()).add(version)
     removed = []
     for stage, versions in used.items():
@@ -154,7 +148,7 @@ def run_refresh(spark: SparkSession, cfg) -> RefreshResult:
     with RunLock(run_dir) as lock:
         for stage in _stages(run_dir):
             versioned.clean_debris(run_dir, stage)
-        prev = current(run_dir)
+        prev = ReleaseManifest.current(run_dir)
         if prev is None and versioned.latest_version(run_dir, "model") is None and not r.retrain:
             raise PipelineError(f"no published model in {run_dir}: run jobs/train.py first, "
                                 f"or refresh.retrain=true")
@@ -168,39 +162,39 @@ def run_refresh(spark: SparkSession, cfg) -> RefreshResult:
             _restore(run_dir, prev)
             raise
         versions, metrics, counts = result
-        if prev is not None and all(versions[s] == prev["versions"].get(s) for s in SERVED):
-            raise Refused(f"nothing changed since release/{prev['version']}; not publishing")
+        if prev is not None and all(versions[s] == prev.versions.get(s) for s in SERVED):
+            raise Refused(f"nothing changed since release/{prev.version}; not publishing")
         if prev is not None:
-            before = float(prev["metrics"][HIT_RATE])
+            before = float(prev.metrics[HIT_RATE])
             if metrics[HIT_RATE] < before - r.max_regression:
                 _restore(run_dir, prev)
                 raise Refused(f"hit_rate@10 {metrics[HIT_RATE]:.4f} is more than "
                               f"refresh.max_regression={r.max_regression} below release/"
-                              f"{prev['version']} ({before:.4f}); not publishing")
+                              f"{prev.version} ({before:.4f}); not publishing")
         counts["seconds"] = round(time.perf_counter() - t0, 2)
         # A release is always new (it records what was checked); never reused.
         release = Stage(run_dir, STAGE, versions,
                         {"refresh": OmegaConf.to_container(r, resolve=True)},
                         keep=max(1, r.keep_versions))
         with release.publish() as out:
-            out.manifest.update({"versions": versions, "metrics": metrics, "counts": counts,
-                                 "previous": prev["version"] if prev else None})
+            out.manifest.update(ReleaseManifest(versions, metrics, counts,
+                                                prev.version if prev else None).entries())
         prune(run_dir, max(1, r.keep_versions))
-    return RefreshResult(out.version, prev["version"] if prev else None, versions, metrics,
+    return RefreshResult(out.version, prev.version if prev else None, versions, metrics,
                          counts, lock.took_over)
 
 
 def _run(spark, cfg, prev):
     r = cfg.refresh
     graph = run_ingest(spark, cfg)
-    neighbors_from = prev["versions"]["neighbors"] if prev is not None and r.incremental else None
+    neighbors_from = prev.versions["neighbors"] if prev is not None and r.incremental else None
     sample = run_sample(spark, cfg, neighbors_from=neighbors_from, training=bool(r.retrain))
     versions = {"graph": graph.version, **sample.versions}
     if r.retrain:
         versions["model"] = run_train(cfg).version
     else:
         versions["model"] = versioned.latest_version(cfg.run_dir, "model")
-    embeddings_from = (prev["versions"]["embeddings"]
+    embeddings_from = (prev.versions["embeddings"]
                        if prev is not None and r.incremental and not r.retrain else None)
     infer = run_infer(spark, cfg, embeddings_from=embeddings_from)
     versions["embeddings"] = infer.version

@@ -49,6 +49,26 @@ def _edges(spark: SparkSession, run_dir: str, split_version: str) -> DataFrame:
     return spark.read.schema(schemas.EDGES).parquet(str(path)).select("src", "dst", "weight")
 
 
+def _reach(edges: DataFrame, changed: DataFrame, hops: int) -> DataFrame:
+    """``(node)``: the ends of the ``changed`` edges and every node within ``hops`` of
+    one over ``edges`` (either direction), a frontier expanded by joins."""
+    adj = (edges.select(F.col("src").alias("node"), F.col("dst").alias("nbr"))
+           .unionByName(edges.select(F.col("dst").alias("node"), F.col("src").alias("nbr")))
+           .distinct().persist())
+    reached = (changed.select(F.col("src").alias("node"))
+               .unionByName(changed.select(F.col("dst").alias("node"))).distinct()
+               .localCheckpoint())
+    frontier = reached
+    for _ in range(hops):
+        frontier = (frontier.join(adj, "node").select(F.col("nbr").alias("node")).distinct()
+                    .join(reached, "node", "left_anti").localCheckpoint())
+        if frontier.isEmpty():
+            break
+        reached = reached.unionByName(frontier).localCheckpoint()
+    adj.unpersist()
+    return reached
+
+
 def plan(spark: SparkSession, run_dir: str, previous: str, split_version: str, params: dict,
          code: dict[str, str], window: tuple, n_items: int, bipartite: bool
          ) -> tuple[Plan | None, str]:
@@ -90,21 +110,8 @@ def plan(spark: SparkSession, run_dir: str, previous: str, split_version: str, p
     n_changed = changed.count()
     # Rows read: positions 0 .. reach in half hops (bipartite) or hops.
     reach = 2 * int(params["walk_length"]) if bipartite else int(params["walk_length"])
-    edges = old.select("src", "dst").unionByName(new.select("src", "dst"))
-    adj = (edges.select(F.col("src").alias("node"), F.col("dst").alias("nbr"))
-           .unionByName(edges.select(F.col("dst").alias("node"), F.col("src").alias("nbr")))
-           .distinct().persist())
-    reached = (changed.select(F.col("src").alias("node"))
-               .unionByName(changed.select(F.col("dst").alias("node"))).distinct()
-               .localCheckpoint())
-    frontier = reached
-    for _ in range(reach):
-        frontier = (frontier.join(adj, "node").select(F.col("nbr").alias("node")).distinct()
-                    .join(reached, "node", "left_anti").localCheckpoint())
-        if frontier.isEmpty():
-            break
-        reached = reached.unionByName(frontier).localCheckpoint()
-    adj.unpersist()
+    reached = _reach(old.select("src", "dst").unionByName(new.select("src", "dst")), changed,
+                     reach)
     starts = (reached.where(F.col("node") < n_items)
               .unionByName(spark.range(old_items, n_items).select(F.col("id").alias("node")))
               .distinct().localCheckpoint())
