@@ -132,8 +132,8 @@ def test_refresh_release_gate_rollback_and_pruning(spark, make_cfg, tmp_path, mo
     import pipeline.refresh as refresh
     real = refresh.evaluate
 
-    def worse(c, version):
-        metrics, index = real(c, version)
+    def worse(c, version, split):
+        metrics, index = real(c, version, split)
         return {**metrics, "hit_rate@10": second.metrics["hit_rate@10"] - 0.5}, index
     monkeypatch.setattr(refresh, "evaluate", worse)
     write(src, changed(rows) + [("u5_0", "i5_0", 10_000)])

@@ -173,3 +173,13 @@ def test_pruning_never_deletes_what_a_release_serves(tmp_path):
     # Both releases' versions are kept beside the newest two.
     assert versioned.list_versions(tmp_path, "stage") == [released, later[-1], newest]
     assert versioned.served_version(tmp_path, "stage") == later[-1]
+
+
+def test_given_input_versions_win_over_latest(tmp_path):
+    older = _publish(tmp_path, "old", fp="1" * 64)
+    newer = _publish(tmp_path, "new", fp="2" * 64)
+    assert versioned.latest_inputs(tmp_path, ("stage",), "a job") == {"stage": newer}
+    assert versioned.latest_inputs(tmp_path, ("stage",), "a job",
+                                   {"stage": older}) == {"stage": older}
+    with pytest.raises(versioned.StageNotFound, match="v-gone"):
+        versioned.latest_inputs(tmp_path, ("stage",), "a job", {"stage": "v-gone"})

@@ -88,10 +88,11 @@ def lineage(run_dir: str, stage: str, version: str) -> dict[str, str]:
     return found
 
 
-def _embeddings(run_dir: str, n_items: int, split_version: str):
-    """The published embeddings as an item-indexed matrix, checked to come from this split."""
+def _embeddings(run_dir: str, n_items: int, split_version: str, version: str | None):
+    """The published embeddings (``version``, else the latest) as an item-indexed matrix,
+    checked to come from this split."""
     try:
-        emb = read_embeddings(run_dir)
+        emb = read_embeddings(run_dir, version)
     except versioned.StageNotFound:
         raise PipelineError(f"evaluation needs the 'embeddings' stage in {run_dir}; "
                             f"run jobs/infer.py first") from None
@@ -260,15 +261,16 @@ def _metrics(cfg, data: eval_data.EvalData, ranks: dict, seconds: dict, notes: d
     return metrics, best
 
 
-def run_evaluate(cfg) -> EvalResult:
-    """Evaluate the latest embeddings and the baselines; publish ``index`` and ``eval``."""
+def run_evaluate(cfg, *, split: str | None = None, embeddings: str | None = None) -> EvalResult:
+    """Evaluate the embeddings and the baselines on the split's held-out rows (the latest
+    versions where not given); publish ``index`` and ``eval``."""
     ev, run_dir, seed = cfg.eval, cfg.run_dir, int(cfg.seed)
     _validate(ev)
     ks = sorted(set(int(k) for k in ev.ks))
     kmax = ks[-1]
-    data = eval_data.load(run_dir, kind=ev.kind, max_queries=ev.max_queries, seed=seed,
-                          large_graph=(ev.large_graph_items, ev.large_graph_queries))
-    emb = _embeddings(run_dir, data.n_items, data.split_version)
+    data = eval_data.load(run_dir, kind=ev.kind, split_version=split, max_queries=ev.max_queries,
+                          seed=seed, large_graph=(ev.large_graph_items, ev.large_graph_queries))
+    emb = _embeddings(run_dir, data.n_items, data.split_version, embeddings)
     # Each distinct query is answered once; rows map back to the held-out pairs.
     uniq, inverse = np.unique(data.queries, return_inverse=True)
 

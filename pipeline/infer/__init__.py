@@ -278,8 +278,10 @@ def _reuse_counts(plan: incremental.Plan | None, n_items: int, why: str) -> dict
             "not_reused_because": why or None}
 
 
-def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -> InferResult:
-    """Embed every item of the latest graph with the latest model; publish ``embeddings``.
+def run_infer(spark: SparkSession, cfg, *, inputs: dict[str, str] | None = None,
+              embeddings_from: str | None = None) -> InferResult:
+    """Embed every item of the graph with the model (``inputs``: their versions, and the
+    neighbours'; the latest where not given); publish ``embeddings``.
 
     ``embeddings_from``: a previous ``embeddings`` version whose rows are
     reused for every item whose receptive field did not change
@@ -288,7 +290,8 @@ def run_infer(spark: SparkSession, cfg, *, embeddings_from: str | None = None) -
     """
     _validate(cfg)
     i, run_dir = cfg.infer, cfg.run_dir
-    inputs = versioned.latest_inputs(run_dir, (MODEL_STAGE, "neighbors", "graph"), "inference")
+    inputs = versioned.latest_inputs(run_dir, (MODEL_STAGE, "neighbors", "graph"), "inference",
+                                     inputs)
     params = {"message_dtype": i.message_dtype}
     stage = Stage(run_dir, STAGE, inputs, params, keep=cfg.keep_versions, force=cfg.force)
     if found := stage.reusable():

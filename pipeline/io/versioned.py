@@ -90,14 +90,16 @@ PRODUCERS = {"graph": "jobs/ingest.py", "split": "jobs/sample.py", "neighbors": 
              "embeddings": "jobs/infer.py", "index": "jobs/evaluate.py", "eval": "jobs/evaluate.py"}
 
 
-def latest_inputs(run_dir: str | os.PathLike, stages: tuple[str, ...], purpose: str) -> dict[str, str]:
-    """The latest version of each stage a job reads, or an error naming the job to run first.
-
-    Each version is checked before anything reads it (:func:`check_version`).
+def latest_inputs(run_dir: str | os.PathLike, stages: tuple[str, ...], purpose: str,
+                  given: dict[str, str] | None = None) -> dict[str, str]:
+    """The version of each stage a job reads: the one ``given`` (the all-stages run and the
+    refresh hand each stage the versions they just published), else the latest, which only
+    a single job run from the command line relies on; or an error naming the job to run
+    first. Each version is checked before anything reads it (:func:`check_version`).
     """
     out = {}
     for stage in stages:
-        version = latest_version(run_dir, stage)
+        version = (given or {}).get(stage) or latest_version(run_dir, stage)
         if version is None:
             raise PipelineError(f"{purpose} needs the '{stage}' stage in {run_dir}; "
                                 f"run {PRODUCERS[stage]} first")

@@ -33,7 +33,7 @@ from pipeline.io.manifests import ReleaseManifest
 from pipeline.io.stage import Stage
 from pipeline.refresh.lock import RunLock
 from pipeline.sampling import run_sample
-from pipeline.train.trainer import run_train
+from pipeline.train.trainer import run_train, training_inputs
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ def prune(run_dir: str, keep: int) -> list[str]:
     return removed
 
 
-def evaluate(cfg, embeddings_version: str) -> tuple[dict, str]:
-    """Hit-rate@K of the embeddings on the latest split's held-out pairs; publishes ``index``.
+def evaluate(cfg, embeddings_version: str, split_version: str) -> tuple[dict, str]:
+    """Hit-rate@K of the embeddings on the split's held-out pairs; publishes ``index``.
 
     The lean part of ``jobs/evaluate.py`` the gate needs (no baselines, no
     report). With a model trained on an earlier split this is still fair on a
@@ -122,7 +122,8 @@ def evaluate(cfg, embeddings_version: str) -> tuple[dict, str]:
     which that model never trained on.
     """
     ev, seed = cfg.eval, int(cfg.seed)
-    data = eval_data.load(cfg.run_dir, kind=ev.kind, max_queries=ev.max_queries, seed=seed,
+    data = eval_data.load(cfg.run_dir, kind=ev.kind, split_version=split_version,
+                          max_queries=ev.max_queries, seed=seed,
                           large_graph=(ev.large_graph_items, ev.large_graph_queries))
     emb = read_embeddings(cfg.run_dir, embeddings_version)
     if len(emb.node) != data.n_items or not np.array_equal(emb.node, np.arange(data.n_items)):
@@ -185,20 +186,23 @@ def run_refresh(spark: SparkSession, cfg) -> RefreshResult:
 
 
 def _run(spark, cfg, prev):
+    """Every stage, each handed the versions the stages before it just published."""
     r = cfg.refresh
     graph = run_ingest(spark, cfg)
     neighbors_from = prev.versions["neighbors"] if prev is not None and r.incremental else None
-    sample = run_sample(spark, cfg, neighbors_from=neighbors_from, training=bool(r.retrain))
+    sample = run_sample(spark, cfg, graph=graph.version, neighbors_from=neighbors_from,
+                        training=bool(r.retrain))
     versions = {"graph": graph.version, **sample.versions}
     if r.retrain:
-        versions["model"] = run_train(cfg).version
-    else:
+        versions["model"] = run_train(cfg, inputs=training_inputs(graph.version, sample)).version
+    else:   # the model published last, by this refresh or by jobs/train.py
         versions["model"] = versioned.latest_version(cfg.run_dir, "model")
     embeddings_from = (prev.versions["embeddings"]
                        if prev is not None and r.incremental and not r.retrain else None)
-    infer = run_infer(spark, cfg, embeddings_from=embeddings_from)
+    infer = run_infer(spark, cfg, embeddings_from=embeddings_from, inputs={
+        s: versions[s] for s in ("model", "neighbors", "graph")})
     versions["embeddings"] = infer.version
-    metrics, versions["index"] = evaluate(cfg, infer.version)
+    metrics, versions["index"] = evaluate(cfg, infer.version, versions["split"])
     nb = sample.counts.get("neighbors", {})
     counts = {"graph": {k: graph.counts.get(k) for k in ("nodes", "retired_nodes", "edges_out")},
               "neighbors": {"recomputed_items": nb.get("recomputed_items", nb.get("items")),
@@ -212,4 +216,4 @@ def _run(spark, cfg, prev):
     return versions, metrics, counts
 
 
-__all__ = ["RefreshResult", "Refused", "current", "prune", "rollback", "run_refresh", "STAGE"]
+__all__ = ["RefreshResult", "Refused", "prune", "rollback", "run_refresh", "STAGE"]

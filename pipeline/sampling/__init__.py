@@ -387,24 +387,25 @@ def _publish_batches(spark: SparkSession, st: Stages, cfg, nodes: DataFrame, nei
         st.done("batches", out, counts)
 
 
-def run_sample(spark: SparkSession, cfg, *, neighbors_from: str | None = None,
-               training: bool = True) -> SampleResult:
-    """Run split -> walks -> pairs -> batches on the latest graph; publish each stage.
+def run_sample(spark: SparkSession, cfg, *, graph: str | None = None,
+               neighbors_from: str | None = None, training: bool = True) -> SampleResult:
+    """Run split -> walks -> pairs -> batches on the graph (``graph``: its version, else the
+    latest); publish each stage.
 
     ``neighbors_from``: reuse that ``neighbors`` version where no change can
     reach (the scheduled refresh); ``training=False`` stops after the walks,
     since pairs and minibatches only feed the trainer.
     """
     with versioned.clear_read_errors():
-        return _sample(spark, cfg, neighbors_from, training)
+        return _sample(spark, cfg, graph, neighbors_from, training)
 
 
-def _sample(spark: SparkSession, cfg, neighbors_from: str | None, training: bool,
-            source: tuple[str, str] | None = None) -> SampleResult:
+def _sample(spark: SparkSession, cfg, graph_version: str | None, neighbors_from: str | None,
+            training: bool, source: tuple[str, str] | None = None) -> SampleResult:
     """``source``: ``(run_dir, split version)`` whose inductive view this run samples."""
     _validate(cfg)
     s, run_dir, seed = cfg.sample, cfg.run_dir, int(cfg.seed)
-    nodes, edges, raw = read_graph(spark, run_dir)
+    nodes, edges, raw = read_graph(spark, run_dir, graph_version)
     graph = GraphManifest.of(raw)
     n_items, n_nodes, bipartite = graph.n_items, graph.n_nodes, graph.bipartite
     st = Stages(run_dir, force=cfg.force, keep=cfg.keep_versions)
@@ -436,5 +437,6 @@ def _sample(spark: SparkSession, cfg, neighbors_from: str | None, training: bool
         # The model trains on the inductive view; this run's pairs and minibatches
         # serve the model retrained with the new items (evaluation's upper bound).
         sub = OmegaConf.merge(cfg, {"run_dir": new_items.inductive_dir(run_dir)})
-        result.inductive = _sample(spark, sub, None, True, source=(run_dir, result.versions["split"]))
+        result.inductive = _sample(spark, sub, graph.version, None, True,
+                                   source=(run_dir, result.versions["split"]))
     return result

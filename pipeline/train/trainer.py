@@ -39,6 +39,8 @@ from pipeline.train.loader import BatchLoader, Minibatch, list_batch_files
 log = logging.getLogger(__name__)
 
 STAGE = "model"
+# The stages a model is trained from (of the inductive view under eval.protocol=new_items).
+INPUT_STAGES = ("graph", "split", "neighbors", "batches")
 SCHEDULES = ("cosine", "constant")
 LOSSES = ("softmax", "max_margin")
 
@@ -280,8 +282,19 @@ NOT_IN_FINGERPRINT = ("resume", "prefetch", "num_workers", "device", "val_k", "c
                       "log_every")
 
 
-def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = True) -> TrainResult:
-    """Train on the latest minibatches; publish the ``model`` stage (rank 0).
+def training_inputs(graph: str, sample) -> dict[str, str]:
+    """The versions a model trains on after a sampling run (``SampleResult``): its own, or
+    its inductive view's under ``eval.protocol=new_items``."""
+    view = sample.inductive or sample
+    return {"graph": graph, **{s: view.versions[s] for s in INPUT_STAGES if s != "graph"}}
+
+
+def run_train(cfg, *, inputs: dict[str, str] | None = None, stop_after_epoch: int | None = None,
+              inductive: bool = True) -> TrainResult:
+    """Train on the minibatches; publish the ``model`` stage (rank 0).
+
+    ``inputs``: the graph, split, neighbors and batches versions to train on (of the
+    inductive view under ``eval.protocol=new_items``); the latest where not given.
 
     ``inductive=False`` trains on the run's own minibatches even under
     ``eval.protocol=new_items`` (evaluation's ``pinsage_retrained``).
@@ -295,8 +308,7 @@ def run_train(cfg, *, stop_after_epoch: int | None = None, inductive: bool = Tru
     ddp = _init_distributed(device)
     # Under eval.protocol=new_items the minibatches come from the inductive view.
     view = new_items.training_view(run_dir, inductive)
-    inputs = versioned.latest_inputs(view.dir, ("graph", "split", "neighbors", "batches"),
-                                     "training")
+    inputs = versioned.latest_inputs(view.dir, INPUT_STAGES, "training", inputs)
     params = {"model": OmegaConf.to_container(cfg.model, resolve=True),
               "train": {k: v for k, v in OmegaConf.to_container(t, resolve=True).items()
                         if k not in NOT_IN_FINGERPRINT},
