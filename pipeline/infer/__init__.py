@@ -280,14 +280,10 @@ def _reuse_counts(plan: incremental.Plan | None, n_items: int, why: str) -> dict
 
 def run_infer(spark: SparkSession, cfg, *, inputs: dict[str, str] | None = None,
               embeddings_from: str | None = None) -> InferResult:
-    """Embed every item of the graph with the model (``inputs``: their versions, and the
-    neighbours'; the latest where not given); publish ``embeddings``.
-
-    ``embeddings_from``: a previous ``embeddings`` version whose rows are
-    reused for every item whose receptive field did not change
-    (:mod:`pipeline.infer.incremental`); the table equals a full run's, so the
-    fingerprint is the same.
-    """
+    """Embed every item of the graph with the model; publish ``embeddings``. ``inputs``: the
+    model, neighbors and graph versions (the latest where not given). ``embeddings_from``: a
+    previous version whose rows are reused for every item whose receptive field did not
+    change (:mod:`pipeline.infer.incremental`); the table equals a full run's."""
     _validate(cfg)
     i, run_dir = cfg.infer, cfg.run_dir
     inputs = versioned.latest_inputs(run_dir, (MODEL_STAGE, "neighbors", "graph"), "inference",
@@ -301,8 +297,7 @@ def run_infer(spark: SparkSession, cfg, *, inputs: dict[str, str] | None = None,
     model, model_manifest = load_model(run_dir, inputs[MODEL_STAGE])
     spec = model_manifest.spec
     items, neighbors, stats = _read_inputs(spark, cfg, inputs, spec)
-    n_items = stats["items"]
-    T = int(spec["num_neighbors"])
+    n_items, T = stats["items"], int(spec["num_neighbors"])
     plan, why = (incremental.plan(spark, run_dir, embeddings_from, inputs, params,
                                   stage.code_hashes, items, neighbors,
                                   n_items=n_items, num_layers=model.num_layers)

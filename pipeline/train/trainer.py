@@ -291,17 +291,12 @@ def training_inputs(graph: str, sample) -> dict[str, str]:
 
 def run_train(cfg, *, inputs: dict[str, str] | None = None, stop_after_epoch: int | None = None,
               inductive: bool = True) -> TrainResult:
-    """Train on the minibatches; publish the ``model`` stage (rank 0).
-
-    ``inputs``: the graph, split, neighbors and batches versions to train on (of the
-    inductive view under ``eval.protocol=new_items``); the latest where not given.
-
-    ``inductive=False`` trains on the run's own minibatches even under
-    ``eval.protocol=new_items`` (evaluation's ``pinsage_retrained``).
-
-    ``stop_after_epoch`` ends the run after that epoch's checkpoint without
-    publishing, as a preempted job would (tests resume from there).
-    """
+    """Train on the minibatches; publish the ``model`` stage (rank 0). ``inputs``: the graph,
+    split, neighbors and batches versions (of the inductive view under
+    ``eval.protocol=new_items``; the latest where not given). ``inductive=False`` trains on
+    the run's own minibatches even then (evaluation's ``pinsage_retrained``).
+    ``stop_after_epoch`` ends the run after that epoch's checkpoint without publishing, as a
+    preempted job would (tests resume from there)."""
     t, run_dir = cfg.train, cfg.run_dir
     _validate(t)
     device = _device(t.device)
