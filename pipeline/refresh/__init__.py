@@ -113,8 +113,10 @@ def prune(run_dir: str, keep: int) -> list[str]:
     return removed
 
 
-def evaluate(cfg, embeddings_version: str, split_version: str) -> tuple[dict, str]:
-    """Hit-rate@K of the embeddings on the split's held-out pairs; publishes ``index``.
+def evaluate(cfg, embeddings_version: str, split_version: str | None = None
+             ) -> tuple[dict, str]:
+    """Hit-rate@K of the embeddings on the split's held-out pairs (the latest split where not
+    given); publishes ``index``.
 
     The lean part of ``jobs/evaluate.py`` the gate needs (no baselines, no
     report). With a model trained on an earlier split this is still fair on a
