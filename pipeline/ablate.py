@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pipeline import metrics as M
 from pipeline.errors import PipelineError
-from pipeline.evaluate import report, variants
+from pipeline.evaluate import baselines, data as eval_data, report, variants
 from pipeline.evaluate.embed import embed_items
 from pipeline.io import versioned
 from pipeline.io.stage import Stage
@@ -97,7 +97,7 @@ def run_ablate(spark: SparkSession, cfg) -> AblationResult:
     ks = sorted(set(int(k) for k in cfg.eval.ks))
     rows = {DEFAULTS: cfg, **{name: _row_config(cfg, name, list(o)) for name, o in ab.rows.items()}}
     versions = versioned.latest_inputs(run_dir, ("graph", "split"), "the ablation")
-    data = variants.load_rows(cfg, ab.kind, versions["split"])
+    data = eval_data.held_out_rows(cfg, ab.kind, versions["split"])
     ranks: dict[str, np.ndarray] = {}
     models: dict[str, str] = {}
     same_as: dict[str, str] = {}
@@ -110,7 +110,7 @@ def run_ablate(spark: SparkSession, cfg) -> AblationResult:
             continue
         done[fp] = name
         embeddings, models[name] = _embed_row(spark, row, name)
-        ranks[name] = variants.target_ranks(data, embeddings, ks)
+        ranks[name] = baselines.embedding_ranks(data, *embeddings, ks)
         log.info("ablation %s: %s", name, M.summarize(ranks[name], ks))
 
     # Each row minus the defaults, query by query, on the same resamples: a

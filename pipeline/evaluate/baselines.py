@@ -37,6 +37,7 @@ from torch_geometric.nn.models import LightGCN
 
 from pipeline.evaluate import index as ann
 from pipeline.evaluate.data import EvalData
+from pipeline import metrics as M
 from pipeline.metrics import drop_query
 from pipeline.sampling import ppr, walks
 
@@ -142,6 +143,15 @@ def embedding_topk(matrix: np.ndarray, queries: np.ndarray, k: int,
     top, _ = ann.search(ann.exact_index(sub), sub, row_of[queries], k,
                         None if query_vectors is None else query_vectors[items])
     return np.where(top >= 0, items[np.maximum(top, 0)], -1)
+
+
+def embedding_ranks(data: EvalData, matrix: np.ndarray, query_vectors: np.ndarray | None,
+                    ks: list[int]) -> np.ndarray:
+    """Each held-out row's target rank among the live items under one set of embeddings
+    (:func:`embedding_topk`), 0 beyond ``max(ks)``."""
+    uniq, inverse = np.unique(data.queries, return_inverse=True)
+    top = M.only_items(embedding_topk(matrix, uniq, ks[-1], data.live, query_vectors), data.live)
+    return M.target_ranks(top[inverse], data.targets)
 
 
 def features_only(data: EvalData, queries: np.ndarray, k: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from pipeline import metrics as M
 from pipeline.errors import PipelineError
-from pipeline.evaluate import report, variants
+from pipeline.evaluate import baselines, data as eval_data, report, variants
 from pipeline.io import versioned
 from pipeline.io.stage import Stage
 from pipeline.model.layers import check_aggregator
@@ -55,12 +55,12 @@ def run_compare_aggregators(cfg) -> CompareResult:
     _validate(aggregators)
     ks = sorted(set(int(k) for k in ev.ks))
     inputs = versioned.latest_inputs(run_dir, variants.INPUT_STAGES, "the aggregator comparison")
-    data = variants.load_rows(cfg, ev.kind, inputs["split"])
+    data = eval_data.held_out_rows(cfg, ev.kind, inputs["split"])
     ranks: dict[str, np.ndarray] = {}
     models: dict[str, str] = {}
     for agg in tqdm(aggregators, desc="compare", unit="aggregator"):
         embeddings, models[agg] = variants.train_and_embed(cfg, agg)
-        ranks[agg] = variants.target_ranks(data, embeddings, ks)
+        ranks[agg] = baselines.embedding_ranks(data, *embeddings, ks)
         log.info("aggregator %s: %s", agg, M.summarize(ranks[agg], ks))
     metrics, _ = variants.scored(cfg, ev.kind, data, ranks, ks)
     metrics["models"] = models

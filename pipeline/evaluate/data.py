@@ -67,6 +67,15 @@ class EvalData:
         return store.gather(np.arange(store.num_items))
 
 
+def held_out_rows(cfg, kind: str, split_version: str | None = None) -> EvalData:
+    """:func:`load` as every scorer of a run calls it (evaluation, the refresh's gate, the
+    ablation, the aggregator comparison): ``kind`` rows of the split (the latest where not
+    given), sampled by ``eval.max_queries`` or, on a large graph, ``eval.large_graph_*``."""
+    ev = cfg.eval
+    return load(cfg.run_dir, kind=kind, split_version=split_version, max_queries=ev.max_queries,
+                seed=int(cfg.seed), large_graph=(ev.large_graph_items, ev.large_graph_queries))
+
+
 def load(run_dir: str, kind: str = "test", split_version: str | None = None,
          max_queries: int = 0, seed: int = 0, large_graph: tuple[int, int] | None = None
          ) -> EvalData:

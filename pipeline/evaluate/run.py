@@ -268,8 +268,7 @@ def run_evaluate(cfg, *, split: str | None = None, embeddings: str | None = None
     _validate(ev)
     ks = sorted(set(int(k) for k in ev.ks))
     kmax = ks[-1]
-    data = eval_data.load(run_dir, kind=ev.kind, split_version=split, max_queries=ev.max_queries,
-                          seed=seed, large_graph=(ev.large_graph_items, ev.large_graph_queries))
+    data = eval_data.held_out_rows(cfg, ev.kind, split)
     emb = _embeddings(run_dir, data.n_items, data.split_version, embeddings)
     # Each distinct query is answered once; rows map back to the held-out pairs.
     uniq, inverse = np.unique(data.queries, return_inverse=True)

@@ -22,7 +22,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from pipeline import metrics as M
-from pipeline.evaluate import baselines, data as eval_data
+from pipeline.evaluate import data as eval_data
 from pipeline.evaluate.embed import embed_items
 from pipeline.io import versioned
 from pipeline.train.trainer import run_train
@@ -30,27 +30,6 @@ from pipeline.train.trainer import run_train
 log = logging.getLogger(__name__)
 
 INPUT_STAGES = ("graph", "split", "neighbors", "batches")
-
-
-def load_rows(cfg, kind: str, split_version: str) -> eval_data.EvalData:
-    """The held-out rows a comparison scores: ``kind`` rows of the split, sampled as the
-    evaluation samples them (``eval.max_queries``, or on a large graph
-    ``eval.large_graph_queries``)."""
-    ev = cfg.eval
-    return eval_data.load(cfg.run_dir, kind=kind, split_version=split_version,
-                          max_queries=ev.max_queries, seed=int(cfg.seed),
-                          large_graph=(ev.large_graph_items, ev.large_graph_queries))
-
-
-def target_ranks(data: eval_data.EvalData, embeddings: tuple[np.ndarray, np.ndarray | None],
-                 ks: list[int]) -> np.ndarray:
-    """Each held-out row's target rank among the live items under one variant's
-    ``(matrix, query vectors)``, by the evaluation's own scorer (0 beyond ``max(ks)``)."""
-    matrix, query_vectors = embeddings
-    uniq, inverse = np.unique(data.queries, return_inverse=True)
-    top = M.only_items(baselines.embedding_topk(matrix, uniq, ks[-1], data.live, query_vectors),
-                       data.live)
-    return M.target_ranks(top[inverse], data.targets)
 
 
 def scored(cfg, kind: str, data: eval_data.EvalData, ranks: dict[str, np.ndarray],

@@ -23,7 +23,7 @@ from pyspark.sql import SparkSession
 from pipeline import metrics as M
 from pipeline.errors import PipelineError
 from pipeline.evaluate import data as eval_data
-from pipeline.evaluate.baselines import embedding_topk
+from pipeline.evaluate.baselines import embedding_ranks
 from pipeline.evaluate.index import publish_index
 from pipeline.infer import run_infer
 from pipeline.ingest import run_ingest
@@ -124,19 +124,16 @@ def evaluate(cfg, embeddings_version: str, split_version: str | None = None
     which that model never trained on.
     """
     ev, seed = cfg.eval, int(cfg.seed)
-    data = eval_data.load(cfg.run_dir, kind=ev.kind, split_version=split_version,
-                          max_queries=ev.max_queries, seed=seed,
-                          large_graph=(ev.large_graph_items, ev.large_graph_queries))
+    data = eval_data.held_out_rows(cfg, ev.kind, split_version)
     emb = read_embeddings(cfg.run_dir, embeddings_version)
     if len(emb.node) != data.n_items or not np.array_equal(emb.node, np.arange(data.n_items)):
         raise PipelineError(f"embeddings/{emb.version} do not cover the {data.n_items} items "
                             f"of graph/{data.graph_version}")
     ks = sorted(set(int(k) for k in ev.ks) | {10})
-    uniq, inverse = np.unique(data.queries, return_inverse=True)
+    uniq = np.unique(data.queries)
     idx = publish_index(cfg.run_dir, ev, emb.version, uniq, keep=cfg.keep_versions,
                         force=cfg.force, seed=seed)
-    top = embedding_topk(emb.matrix, uniq, ks[-1], data.live, emb.queries)
-    metrics = M.summarize(M.target_ranks(top[inverse], data.targets), ks)
+    metrics = M.summarize(embedding_ranks(data, emb.matrix, emb.queries, ks), ks)
     metrics["queries"] = int(len(data.queries))
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}, \
         idx.version
