@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from pyspark.sql import SparkSession
 from tqdm import tqdm
 
-from pipeline import metrics as M
+from pipeline import config, metrics as M
 from pipeline.errors import PipelineError
 from pipeline.evaluate import baselines, data as eval_data, report, variants
 from pipeline.evaluate.embed import embed_items
@@ -64,6 +64,10 @@ def _row_config(cfg, name: str, overrides: list[str]):
             OmegaConf.update(row, o.key_or_group, o.value(), merge=True)
         except Exception as e:  # the typed schema rejects unknown keys and wrong types
             raise PipelineError(f"ablate.rows.{name}: {str(e).splitlines()[0]}") from None
+    try:                # every row is checked before the first one trains
+        config.check(row)
+    except PipelineError as e:
+        raise PipelineError(f"ablate.rows.{name}: {e}") from None
     return row
 
 

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pyspark.sql import SparkSession
 
-from pipeline.config import CONF_DIR, Config
+from pipeline.config import CONF_DIR, Config, check, is_group
 from pipeline.errors import PipelineError
 from pipeline.spark import build_spark
 
@@ -38,9 +38,10 @@ def job(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
     def wrapper(cfg: DictConfig) -> None:
         _console_verbosity()
         try:
+            check(cfg)
             fn(cfg)
         except PipelineError as e:
-            logging.getLogger("pipeline").error("%s", e)
+            _log_to_files(str(e), None)         # the console gets the one line below
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except Exception as e:
@@ -65,7 +66,8 @@ def _console_verbosity() -> None:
 
 
 def _log_to_files(msg: str, exc_info) -> list[str]:
-    """Log an error with its traceback to the root logger's files only (not the console)."""
+    """Log an error (with its traceback, if ``exc_info``) to the root logger's files only,
+    not the console."""
     logger = logging.getLogger("pipeline")
     record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, msg, (), exc_info)
     files = [h for h in logging.getLogger().handlers
@@ -89,7 +91,7 @@ def help_text(cfg: DictConfig, *, job: str, doc: str | None = None,
              "A default below is the one the config composes to, with any overrides given",
              f"before --help (e.g. {script} data=edges --help).", "",
              "== Config groups (GROUP=OPTION; conf/<group>/<option>.yaml) =="]
-    groups = [f for f in dataclasses.fields(Config) if _is_group(f)]
+    groups = [f for f in dataclasses.fields(Config) if is_group(f)]
     rows = []
     for f in groups:
         options = sorted(p.stem for p in (CONF_DIR / f.name).glob("*.yaml"))
@@ -110,10 +112,6 @@ def help_text(cfg: DictConfig, *, job: str, doc: str | None = None,
     lines += ["", f"{script} --cfg job prints the whole composed config; --hydra-help lists "
               "Hydra's own flags."]
     return "\n".join(lines)
-
-
-def _is_group(f: dataclasses.Field) -> bool:
-    return isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory)
 
 
 def _keys(node: DictConfig, schema: type) -> list[tuple[str, str, str]]:

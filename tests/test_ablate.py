@@ -73,3 +73,8 @@ def test_ablation_rows_beside_the_run(spark, tmp_path):
     with pytest.raises(PipelineError, match="may only set"):
         OmegaConf.update(cfg, "ablate.rows", {"bad": ["eval.kind=test"]}, merge=False)
         run_ablate(spark, cfg)
+    with pytest.raises(PipelineError, match=r"^ablate.rows.bad: sample.num_neighbors must be >= 1, "
+                                            r"got 0$"):
+        OmegaConf.update(cfg, "ablate.rows", {"ok": ["sample.num_neighbors=3"],
+                                              "bad": ["sample.num_neighbors=0"]}, merge=False)
+        run_ablate(spark, cfg)

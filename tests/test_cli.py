@@ -22,7 +22,7 @@ def _schemas() -> list[type]:
 
 
 def _groups() -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(Config) if cli._is_group(f)]
+    return [f for f in dataclasses.fields(Config) if config.is_group(f)]
 
 
 def test_every_config_field_has_a_one_line_help():

@@ -1,13 +1,24 @@
 """Hydra composition: typed schema, groups, overrides."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from pipeline.config import CONF_DIR
+from pipeline import config
+from pipeline.config import CONF_DIR, EvalConfig, InferConfig, ModelConfig
+from pipeline.errors import PipelineError
+from pipeline.infer.kernels import MESSAGE_DTYPES
+from pipeline.model import AGGREGATORS, ID_EMBEDDINGS
+from pipeline.sampling.split import PROTOCOLS
 from pipeline.spark import flatten_conf
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults(make_cfg, tmp_path):
@@ -47,6 +58,41 @@ def test_types_are_checked(make_cfg):
     assert isinstance(err.value.__cause__, ValidationError)
     with pytest.raises(ConfigCompositionException):
         make_cfg("data.no_such_key=1")
+
+
+def test_check_enforces_the_declared_choices_and_bounds(make_cfg):
+    config.check(make_cfg())                       # the defaults keep every rule
+    for override, msg in [
+            ("sample.mode=disk", "sample.mode must be one of memory, join, got 'disk'"),
+            ("sample.walk_length=65", "sample.walk_length must be in [1, 64], got 65"),
+            ("sample.restart_prob=1", "sample.restart_prob must be in [0, 1), got 1.0"),
+            ("eval.holdout_fraction=0", "eval.holdout_fraction must be in (0, 1), got 0.0"),
+            ("eval.item_knn_bm25_b=1.5", "eval.item_knn_bm25_b must be in [0, 1], got 1.5"),
+            ("train.temperature=0", "train.temperature must be > 0, got 0.0"),
+            ("infer.batch_rows=0", "infer.batch_rows must be >= 1, got 0")]:
+        with pytest.raises(PipelineError) as err:
+            config.check(make_cfg(override))
+        assert str(err.value) == msg
+    config.check(make_cfg("train.loss=nope"), "sample", "eval")     # only the groups named
+
+
+def test_declared_choices_are_the_ones_the_code_dispatches_on():
+    assert config.choices(ModelConfig, "aggregator") == AGGREGATORS
+    assert config.choices(ModelConfig, "id_embedding") == ID_EMBEDDINGS
+    assert config.choices(InferConfig, "message_dtype") == tuple(MESSAGE_DTYPES)
+    assert set(config.choices(EvalConfig, "protocol")) == {*PROTOCOLS, "new_items"}
+
+
+def test_a_job_checks_every_group_before_it_starts(tmp_path):
+    """A bad setting of a later stage stops the first job at once: one line, exit 2."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "jobs/ingest.py", f"run_dir={run_dir}",
+                           "eval.index=annoy"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "error: eval.index must be one of hnsw, ivf, got 'annoy'"
+    assert not (run_dir / "graph").exists()
 
 
 def test_flatten_conf_mixes_dotted_and_nested_keys():

@@ -62,7 +62,7 @@ def test_spark_submit_keeps_its_master_and_takes_overrides(tmp_path):
 
 
 def test_an_unexpected_error_is_one_line_exit_2_and_a_logged_traceback(tmp_path, capsys,
-                                                                         monkeypatch):
+                                                                         monkeypatch, make_cfg):
     log_file = tmp_path / "job.log"
     handler = logging.FileHandler(log_file)
     logging.getLogger().addHandler(handler)
@@ -74,7 +74,7 @@ def test_an_unexpected_error_is_one_line_exit_2_and_a_logged_traceback(tmp_path,
         raise ValueError("model.pt: invalid load key, 'x'")
     try:
         with pytest.raises(SystemExit) as exit_info:
-            broken(None)
+            broken(make_cfg())
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -87,4 +87,4 @@ def test_an_unexpected_error_is_one_line_exit_2_and_a_logged_traceback(tmp_path,
     assert "Traceback" in logged and "raise ValueError" in logged
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(ValueError):
-        broken(None)
+        broken(make_cfg())

@@ -9,11 +9,12 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from pipeline.config import EvalConfig, choices
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
 from pipeline.io.kinds import ITEM, RETIRED_ID
 
-KINDS = ("validation", "test")
+KINDS = choices(EvalConfig, "kind")
 
 
 def read_holdout(run_dir: str, split_version: str, kind: str) -> tuple[np.ndarray, np.ndarray]:

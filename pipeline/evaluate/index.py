@@ -18,6 +18,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import EvalConfig, choices
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
 from pipeline.io.embeddings import list_column, read_embeddings
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 STAGE = "index"
 INDEX_FILE = "index.faiss"
 ITEMS_TABLE = "items"           # row of the index -> node, id (schemas.INDEX_ITEMS)
-INDEX_TYPES = ("hnsw", "ivf")
+INDEX_TYPES = choices(EvalConfig, "index")
 SEARCH_CHUNK = 4096
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from pipeline import metrics as M
+from pipeline import config, metrics as M
 from pipeline.errors import PipelineError
 from pipeline.evaluate import baselines, data as eval_data, report
 from pipeline.evaluate import variants as variants_mod
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 STAGE = "eval"
 BASELINES = ("popularity", "random_walk", "item_knn", "als", "ease", "node2vec", "lightgcn",
              "features_only")
-ITEM_KNN_SIMILARITIES = ("cosine", "tfidf", "bm25")
 OURS = "pinsage"
 # The sample.* settings the random_walk baseline ranks with.
 RANDOM_WALK_KEYS = ("walk_length", "restart_prob", "push_threshold", "degree_exponent")
@@ -48,27 +47,14 @@ class EvalResult:
     report: str = ""            # report.html of the eval version
 
 
-def _validate(ev) -> None:
+def _validate(cfg) -> None:
+    config.check(cfg, "eval")
+    ev = cfg.eval
     if not ev.ks or min(ev.ks) < 1:
         raise PipelineError(f"eval.ks must be positive integers, got {list(ev.ks)}")
     unknown = sorted(set(ev.baselines) - set(BASELINES))
     if unknown:
         raise PipelineError(f"eval.baselines: unknown {unknown}; choose from {', '.join(BASELINES)}")
-    if ev.bootstrap < 1:
-        raise PipelineError(f"eval.bootstrap must be >= 1, got {ev.bootstrap}")
-    if ev.item_knn_similarity not in ITEM_KNN_SIMILARITIES:
-        raise PipelineError(f"eval.item_knn_similarity must be one of "
-                            f"{', '.join(ITEM_KNN_SIMILARITIES)}, got '{ev.item_knn_similarity}'")
-    if not 0 <= ev.item_knn_bm25_b <= 1:
-        raise PipelineError(f"eval.item_knn_bm25_b must be in [0, 1], got {ev.item_knn_bm25_b}")
-    for key in ("ease_lambda", "lightgcn_lr"):
-        if not ev[key] > 0:
-            raise PipelineError(f"eval.{key} must be > 0, got {ev[key]}")
-    for key in ("node2vec_dim", "node2vec_walks", "node2vec_walk_length", "node2vec_window",
-                "node2vec_epochs", "node2vec_max_tokens", "lightgcn_dim", "lightgcn_layers",
-                "lightgcn_epochs", "lightgcn_batch_size", "lightgcn_max_steps"):
-        if ev[key] < 1:
-            raise PipelineError(f"eval.{key} must be >= 1, got {ev[key]}")
 
 
 def lineage(run_dir: str, stage: str, version: str) -> dict[str, str]:
@@ -265,7 +251,7 @@ def run_evaluate(cfg, *, split: str | None = None, embeddings: str | None = None
     """Evaluate the embeddings and the baselines on the split's held-out rows (the latest
     versions where not given); publish ``index`` and ``eval``."""
     ev, run_dir, seed = cfg.eval, cfg.run_dir, int(cfg.seed)
-    _validate(ev)
+    _validate(cfg)
     ks = sorted(set(int(k) for k in ev.ks))
     kmax = ks[-1]
     data = eval_data.held_out_rows(cfg, ev.kind, split)

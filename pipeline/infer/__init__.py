@@ -41,6 +41,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipeline import config
 from pipeline.errors import PipelineError
 from pipeline.infer import incremental, kernels
 from pipeline.io import schemas, versioned
@@ -70,14 +71,7 @@ class InferResult:
 
 
 def _validate(cfg) -> None:
-    i = cfg.infer
-    if i.message_dtype not in kernels.MESSAGE_DTYPES:
-        raise PipelineError(f"infer.message_dtype must be one of "
-                            f"{', '.join(kernels.MESSAGE_DTYPES)}, got '{i.message_dtype}'")
-    if i.partitions < 0:
-        raise PipelineError("infer.partitions must be >= 0 (0 = sized to the graph)")
-    if i.batch_rows < 1:
-        raise PipelineError("infer.batch_rows must be >= 1")
+    config.check(cfg, "infer", "model")
 
 
 def check_compatible(spec: dict, cfg_model, feature_dim: int, num_neighbors: int) -> None:

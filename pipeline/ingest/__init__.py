@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from pipeline import config
 from pipeline.errors import IngestError
 from pipeline.ingest import graph, sources, validate
 from pipeline.io import schemas, versioned
@@ -55,6 +56,7 @@ def _stage(cfg, files: list[str], id_map_from: str | None) -> Stage:
 
 def run_ingest(spark: SparkSession, cfg) -> IngestResult:
     """Publish a new ``graph`` version, or reuse the latest if inputs are unchanged."""
+    config.check(cfg, "data", "ingest")
     with versioned.clear_read_errors():
         return _ingest(spark, cfg)
 

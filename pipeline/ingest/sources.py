@@ -17,13 +17,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, choices
 from pipeline.errors import IngestError
 from pipeline.io import versioned
 
 FILE_COL = "_file"
 CORRUPT_COL = "_corrupt_record"
-FORMATS = ("csv", "parquet")
+FORMATS = choices(DataConfig, "format")
 
 
 @dataclass
@@ -122,8 +122,6 @@ def _numeric_features(df: DataFrame, id_col: str, path: str) -> tuple[DataFrame,
 def read_edges_source(spark: SparkSession, data: DataConfig) -> RawSource:
     """A user's edge list (``data=edges``): CSV or Parquet, file or directory."""
     path = _require_path(data.path, "data.path")
-    if data.format not in FORMATS:
-        raise IngestError(f"data.format must be one of {', '.join(FORMATS)}, got '{data.format}'")
     edges = _read_table(spark, str(path), data.format, "data.path")
     columns = {"data.src_col": data.src_col, "data.dst_col": data.dst_col}
     if data.time_col:
@@ -202,12 +200,7 @@ READERS = {"edges": read_edges_source, "movielens100k": read_movielens100k}
 
 
 def read_source(spark: SparkSession, data: DataConfig) -> RawSource:
-    try:
-        reader = READERS[data.source]
-    except KeyError:
-        raise IngestError(f"data.source must be one of {', '.join(READERS)}, "
-                          f"got '{data.source}'") from None
-    return reader(spark, data)
+    return READERS[data.source](spark, data)
 
 
 def item_names(data: DataConfig) -> dict[str, str]:

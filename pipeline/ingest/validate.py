@@ -12,13 +12,14 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+from pipeline.config import IngestConfig, choices
 from pipeline.errors import IngestError
 from pipeline.ingest.sources import CORRUPT_COL, FILE_COL, RawSource
 from pipeline.io import schemas
 
 REASON = "_reason"
 COLUMN = "_column"
-ON_BAD_ROWS = ("fail", "quarantine")
+ON_BAD_ROWS = choices(IngestConfig, "on_bad_rows")
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """The PinSage model in plain PyTorch, its losses (``loss``), and construction from the config."""
 from __future__ import annotations
 
-from pipeline.errors import PipelineError
 from pipeline.model.layers import AGGREGATORS, PinSageConv
 from pipeline.model.loss import max_margin_loss
 from pipeline.model.pinsage import ID_EMBEDDINGS, PinSage, hash_ids
@@ -25,8 +24,6 @@ def spec_value(spec, name: str):
 def build_model(cfg_model, feature_dim: int, num_items: int) -> PinSage:
     """PinSage from ``ModelConfig`` fields, or a published spec (``SPEC_DEFAULTS`` fill gaps)."""
     head_layers = int(spec_value(cfg_model, "head_layers"))
-    if head_layers < 0:
-        raise PipelineError(f"model.head_layers must be >= 0 (0 = no dense head), got {head_layers}")
     return PinSage(feature_dim=feature_dim, hidden_dim=int(cfg_model.hidden_dim),
                    num_layers=int(cfg_model.num_layers), aggregator=str(cfg_model.aggregator),
                    num_items=num_items, id_embedding=str(cfg_model.id_embedding),

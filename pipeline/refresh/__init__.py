@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from pyspark.sql import SparkSession
 
-from pipeline import metrics as M
+from pipeline import config, metrics as M
 from pipeline.errors import PipelineError
 from pipeline.evaluate import data as eval_data
 from pipeline.evaluate.baselines import embedding_ranks
@@ -142,8 +142,7 @@ def evaluate(cfg, embeddings_version: str, split_version: str | None = None
 def run_refresh(spark: SparkSession, cfg) -> RefreshResult:
     """Bring the release up to date; raises :class:`Refused` when nothing is published."""
     r, run_dir = cfg.refresh, cfg.run_dir
-    if r.max_regression < 0:
-        raise PipelineError(f"refresh.max_regression must be >= 0, got {r.max_regression}")
+    config.check(cfg, "refresh")
     t0 = time.perf_counter()
     with RunLock(run_dir) as lock:
         for stage in _stages(run_dir):

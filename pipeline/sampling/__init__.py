@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipeline import config
 from pipeline.errors import PipelineError
 from pipeline.ingest import read_graph
 from pipeline.io import schemas, versioned
@@ -32,11 +33,10 @@ from pipeline.io.stage import Stage
 from pipeline.sampling import batches as batching
 from pipeline.sampling import incremental, join_mode, memory_mode, new_items, pairs as pairing, split as splitting
 from pipeline.sampling import ppr
-from pipeline.sampling.ppr import MAX_WALK_LENGTH, hard_window
+from pipeline.sampling.ppr import hard_window
 
 log = logging.getLogger(__name__)
 
-MODES = ("memory", "join")
 ROWS_PER_FILE = 1_000_000
 
 
@@ -60,31 +60,14 @@ def _write(df: DataFrame, path: str, key: str, rows_per_file: int, n_rows: int) 
 
 
 def _validate(cfg) -> None:
+    config.check(cfg, "sample", "eval")
     s = cfg.sample
-    if s.mode not in MODES:
-        raise PipelineError(f"sample.mode must be one of {', '.join(MODES)}, got '{s.mode}'")
-    checks = [(1 <= s.walk_length <= MAX_WALK_LENGTH,
-               f"sample.walk_length must be in [1, {MAX_WALK_LENGTH}]"),
-              (0 <= s.restart_prob < 1, "sample.restart_prob must be in [0, 1)"),
-              (0 <= s.push_threshold < 1 - s.restart_prob,
-               "sample.push_threshold must be in [0, 1 - sample.restart_prob) (0 = exact)"),
-              (s.degree_exponent >= 0, "sample.degree_exponent must be >= 0"),
-              (s.quality_sample >= 0, "sample.quality_sample must be >= 0 (0 = no check)"),
-              (s.num_neighbors >= 1, "sample.num_neighbors must be >= 1"),
-              (s.batch_size >= 1, "sample.batch_size must be >= 1"),
-              (0 <= s.val_fraction < 1, "sample.val_fraction must be in [0, 1)"),
-              (s.easy_negatives >= 1, "sample.easy_negatives must be >= 1"),
-              (s.negative_power >= 0, "sample.negative_power must be >= 0 (0 = uniform)"),
-              (s.num_hard >= 0, "sample.num_hard must be >= 0"),
-              (len(s.hard_window) == 2 and 0 <= s.hard_window[0] <= s.hard_window[1] <= 1,
-               "sample.hard_window must be two fractions [lo, hi] with 0 <= lo <= hi <= 1")]
-    ev = cfg.eval
-    if ev.protocol == new_items.PROTOCOL:
-        checks += [(0 < ev.new_item_fraction < 1, "eval.new_item_fraction must be in (0, 1)"),
-                   (ev.new_item_min_degree >= 1, "eval.new_item_min_degree must be >= 1")]
-    for ok, msg in checks:
-        if not ok:
-            raise PipelineError(msg)
+    if not s.push_threshold < 1 - s.restart_prob:
+        raise PipelineError("sample.push_threshold must be in [0, 1 - sample.restart_prob) "
+                            f"(0 = exact), got {s.push_threshold}")
+    if not (len(s.hard_window) == 2 and 0 <= s.hard_window[0] <= s.hard_window[1] <= 1):
+        raise PipelineError("sample.hard_window must be two fractions [lo, hi] with "
+                            f"0 <= lo <= hi <= 1, got {list(s.hard_window)}")
 
 
 class Stages:

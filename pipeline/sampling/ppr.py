@@ -49,7 +49,6 @@ from pipeline.sampling import rng, walks
 
 SCALE_BITS = 56
 ONE = 1 << SCALE_BITS            # the start's mass
-MAX_WALK_LENGTH = 64             # scores sum to at most L * ONE < 2**63
 WEIGHT_BITS = 16                 # non-integer weights become integers up to 2**16
 CHUNK_STARTS = 256               # starts propagated together (one sparse matrix)
 
