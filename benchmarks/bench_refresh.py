@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.config import DataConfig  # noqa: E402
 from pipeline.ingest.sources import read_movielens100k  # noqa: E402
 from pipeline.io import versioned  # noqa: E402
+from pipeline.io.manifests import ReleaseManifest  # noqa: E402
 from pipeline.spark import build_spark  # noqa: E402
 
 
@@ -100,7 +101,7 @@ def change(csv: Path, n: int, seed: int) -> None:
     pd.concat([kept, pd.DataFrame(new, columns=df.columns)]).to_csv(csv, index=False)
 
 
-def refresh(run_dir: Path, args: list[str], what: str) -> tuple[float, dict]:
+def refresh(run_dir: Path, args: list[str], what: str) -> tuple[float, ReleaseManifest]:
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "jobs/refresh.py", f"run_dir={run_dir}", *args],
                          cwd=ROOT, capture_output=True, text=True)
@@ -108,7 +109,7 @@ def refresh(run_dir: Path, args: list[str], what: str) -> tuple[float, dict]:
     if out.returncode != 0:
         sys.exit(f"{what} refresh failed ({out.returncode}):\n{out.stderr[-3000:]}")
     print(f"{what}: {out.stdout.strip().splitlines()[-1]} ({seconds:.1f}s wall)", flush=True)
-    return seconds, versioned.read_manifest(run_dir, "release")
+    return seconds, ReleaseManifest.read(run_dir)
 
 
 def table(run_dir: Path, stage: str, version: str, name: str) -> pa.Table:
@@ -143,21 +144,21 @@ def main() -> None:
         for stage, names in (("neighbors", ("neighbors", "hard_candidates")),
                              ("embeddings", ("embeddings",))):
             for name in names:
-                same = table(inc_dir, stage, inc["versions"][stage], name).equals(
-                    table(full_dir, stage, full["versions"][stage], name))
+                same = table(inc_dir, stage, inc.versions[stage], name).equals(
+                    table(full_dir, stage, full.versions[stage], name))
                 print(f"{stage}/{name}: incremental == full: {same}")
                 if not same:
                     sys.exit(f"{stage}/{name} differs between the incremental and the full refresh")
-        print("incremental counts:", json.dumps({k: inc["counts"][k] for k in
+        print("incremental counts:", json.dumps({k: inc.counts[k] for k in
                                                  ("neighbors", "embeddings", "seconds")}))
-        print("full counts:", json.dumps({k: full["counts"][k] for k in
+        print("full counts:", json.dumps({k: full.counts[k] for k in
                                           ("neighbors", "embeddings", "seconds")}))
         for stage in ("neighbors", "embeddings"):
-            secs = [versioned.read_manifest(d, stage, r["versions"][stage])["counts"]["seconds"]
+            secs = [versioned.read_manifest(d, stage, r.versions[stage])["counts"]["seconds"]
                     for d, r in ((inc_dir, inc), (full_dir, full))]
             print(f"{stage} stage: incremental {secs[0]:.1f}s, full {secs[1]:.1f}s")
-        print(f"hit_rate@10: incremental {inc['metrics']['hit_rate@10']:.4f}, "
-              f"full {full['metrics']['hit_rate@10']:.4f}")
+        print(f"hit_rate@10: incremental {inc.metrics['hit_rate@10']:.4f}, "
+              f"full {full.metrics['hit_rate@10']:.4f}")
         print(f"incremental_refresh_speedup={t_full / t_inc:.2f}")
 
 

@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.io import versioned  # noqa: E402
+from pipeline.io.manifests import GraphManifest, ReleaseManifest  # noqa: E402
 
 SMALL = ["sample.batch_size=64", "sample.easy_negatives=40", "sample.hard_window=[0,0]",
          "train.epochs=1", "train.easy_negatives=40", "train.checkpoint_every=1000",
@@ -167,18 +168,17 @@ class Soak:
         run_dir = str(self.run_dir)
         release = versioned.latest_version(run_dir, versioned.RELEASE)
         try:
-            manifest = versioned.read_manifest(run_dir, versioned.RELEASE, release)
+            manifest = ReleaseManifest.read(run_dir, release)
             for r in versioned.list_versions(run_dir, versioned.RELEASE):
-                for stage, version in versioned.read_manifest(
-                        run_dir, versioned.RELEASE, r)["versions"].items():
+                for stage, version in ReleaseManifest.read(run_dir, r).versions.items():
                     versioned.check_version(run_dir, stage, version)
-            load_model(run_dir, manifest["versions"]["model"])
-            index = versioned.resolve(run_dir, "index", manifest["versions"]["index"])
+            load_model(run_dir, manifest.versions["model"])
+            index = versioned.resolve(run_dir, "index", manifest.versions["index"])
             ids = pq.read_table(index / "items").column("id").to_pylist()
             found, _ = similar_items(run_dir, self.rng.sample(ids, min(3, len(ids))), k=5)
             if not all(found):
                 problems.append("similar_items answered nothing")
-            c = versioned.read_manifest(run_dir, "graph", manifest["versions"]["graph"])["counts"]
+            c = GraphManifest.read(run_dir, manifest.versions["graph"]).counts
             rows_in = c["edge_rows_in"]
             accounted = (c["edges_out"] + c.get("edge_rows_quarantined", 0)
                          + c.get("duplicate_edges_merged", 0) + c.get("self_loops_dropped", 0))
@@ -203,9 +203,9 @@ class Soak:
     def input_file(self) -> tuple[Path, str]:
         """A Parquet file of a version the next refresh reads: the release's neighbours
         (incremental sampling) or embeddings (incremental inference)."""
-        manifest = versioned.read_manifest(self.run_dir, versioned.RELEASE)
+        release = ReleaseManifest.read(self.run_dir)
         stage = self.rng.choice(["neighbors", "embeddings"])
-        path = versioned.resolve(self.run_dir, stage, manifest["versions"][stage]) / stage
+        path = versioned.resolve(self.run_dir, stage, release.versions[stage]) / stage
         return sorted(path.glob("*.parquet"))[0], stage
 
     def fault_file(self, kind: str) -> tuple[Path, bytes]:

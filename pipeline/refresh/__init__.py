@@ -97,15 +97,14 @@ def _stages(run_dir: str) -> list[str]:
 def prune(run_dir: str, keep: int) -> list[str]:
     """Keep ``keep`` releases; delete stage versions no kept release uses (never a ``_LATEST``)."""
     versioned.prune(run_dir, STAGE, keep)
-    used: dict[str, set[str]] = {}
-    for r in versioned.list_versions(run_dir, STAGE):
-        for stage, version in ReleaseManifest.read(run_dir, r).versions.items():
-            used.setdefault(stage, set()).add(version)
     removed = []
-    for stage, versions in used.items():
-        latest = versioned.latest_version(run_dir, stage)
+    for stage in _stages(run_dir):
+        spared = versioned.released_versions(run_dir, stage)
+        if not spared:                      # a stage no release serves (the ablation, ...)
+            continue
+        spared.add(versioned.latest_version(run_dir, stage))
         for v in versioned.list_versions(run_dir, stage):
-            if v not in versions and v != latest:
+            if v not in spared:
                 shutil.rmtree(versioned.stage_dir(run_dir, stage) / v, ignore_errors=True)
                 removed.append(f"{stage}/{v}")
     if removed:
