@@ -58,7 +58,7 @@ class DataConfig:
     name: str = setting(MISSING, "dataset name; names the run directory (run_dir)")
     source: str = setting(MISSING, "movielens100k: the bundled real dataset | edges: your "
                                    "edge list at data.path",
-        choices=("movielens100k", "edges"))
+                          choices=("movielens100k", "edges"))
     path: Optional[str] = setting(None, "edges: a CSV/Parquet file or a directory of them "
                                         "(required)")
     format: str = setting("csv", "format of data.path: csv | parquet", choices=("csv", "parquet"))
@@ -84,7 +84,7 @@ class DataConfig:
 class IngestConfig:
     on_bad_rows: str = setting("fail", "fail: stop with a clear error | quarantine: bad rows go "
                                        "to the graph stage's `quarantine` table",
-        choices=("fail", "quarantine"))
+                               choices=("fail", "quarantine"))
 
 
 @dataclass
@@ -202,7 +202,7 @@ class TrainConfig:
         at_least=0)
     log_every: int = setting(50, "steps between reads of the losses from the device (progress "
                                  "bar, TensorBoard); also one at every epoch end",
-        at_least=1)
+                             at_least=1)
     resume: bool = setting(False, "continue from this run's latest checkpoint")
     device: str = setting("auto", "auto (cuda when available) | cpu | cuda",
                           choices=("auto", "cpu", "cuda"))
