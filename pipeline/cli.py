@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from pyspark.sql import SparkSession
 
@@ -54,6 +57,51 @@ def job(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
                   file=sys.stderr)
             sys.exit(2)
     return wrapper
+
+
+def run(main: Callable[[], None]) -> None:
+    """Start a job (its ``@hydra.main`` function): the command line's overrides are composed
+    once first, so a typo, a wrong type or an unknown option is one line and exit 2, as every
+    other bad input is, rather than Hydra's multi-line report and exit 1."""
+    problem = override_problem(sys.argv[1:])
+    if problem:
+        job_name = Path(sys.argv[0]).stem
+        print(f"error: {job_name}: {problem} (python jobs/{job_name}.py --help lists every "
+              "group and key)", file=sys.stderr)
+        sys.exit(2)
+    main()
+
+
+def override_problem(args: list[str]) -> str | None:
+    """Why ``args`` do not compose with ``conf/config.yaml``, in one line; None when they do,
+    and when Hydra's own flags (``--help``, ``-m``, ...) or a sweep leave it to Hydra."""
+    if any(a.startswith("-") for a in args):
+        return None
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(args))
+    except OverrideParseException as e:
+        return f"cannot parse the overrides {' '.join(args)}: {_one_line(e)}"
+    if any(o.is_sweep_override() for o in parsed):
+        return None
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose("config", overrides=list(args))
+    except Exception as e:                  # Hydra's and OmegaConf's composition errors
+        return _one_line(e)
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    """A multi-line composition error (and its cause) as one line, without the search path
+    and the schema's bookkeeping."""
+    parts = []
+    for err in (e, e.__cause__):
+        for line in str(err or "").split("\nConfig search path:")[0].splitlines():
+            line = line.strip().rstrip(".")
+            if line and not line.startswith(("full_key:", "reference_type=", "object_type=",
+                                             "See https")):
+                parts.append(line)
+    return "; ".join(parts).replace(":;", ":")
 
 
 def _console_verbosity() -> None:

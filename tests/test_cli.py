@@ -72,3 +72,27 @@ def test_help_shows_the_defaults_an_override_composes(make_cfg):
             "data.path=null", "keep_versions=7",
             "refresh.keep_versions=7 (= ${keep_versions})"} <= keys
     assert "  data=edges*|movielens100k " in text and "  eval=default* " in text
+
+
+def test_a_bad_override_is_one_line_naming_it():
+    assert cli.override_problem(["train.lr=fast"]) == (
+        "Error merging override train.lr=fast; Value 'fast' of type 'str' could not be "
+        "converted to Float")
+    assert "Key 'nope' not in 'TrainConfig'" in cli.override_problem(["train.nope=1"])
+    assert cli.override_problem(["data=nope"]).endswith(
+        "Available options in 'data': edges; movielens100k")
+    assert cli.override_problem(["eval.ks=[5"]).startswith("cannot parse the overrides eval.ks=[5")
+    # Good overrides, Hydra's flags and sweeps are left to Hydra.
+    for args in (["ablate=default", "eval.ks=[5,10]", "+ablate.rows.x=['train.lr=0.1']"],
+                 ["--help"], ["-m", "train.lr=0.1,0.2"], ["train.lr=0.1,0.2"]):
+        assert cli.override_problem(args) is None, args
+
+
+def test_a_job_reports_a_bad_override_in_one_line_and_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, "jobs/train.py", f"run_dir={tmp_path}",
+                           "train.epochs=two"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "error: train: Error merging override train.epochs=two; Value 'two' of type 'str' could "
+        "not be converted to Integer (python jobs/train.py --help lists every group and key)"]

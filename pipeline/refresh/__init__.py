@@ -73,7 +73,9 @@ def rollback(run_dir: str) -> str:
         releases = versioned.list_versions(run_dir, STAGE)
         latest = versioned.latest_version(run_dir, STAGE)
         if latest not in releases or releases.index(latest) == 0:
-            raise PipelineError(f"no release before {latest or 'none'} in {run_dir} to roll back to")
+            current = f"release/{latest}" if latest else "the first release (there is none yet)"
+            raise PipelineError(f"refresh: nothing to roll back to in {run_dir}: no release "
+                                f"before {current}")
         target = releases[releases.index(latest) - 1]
         manifest = ReleaseManifest.read(run_dir, target)
         for stage, version in manifest.versions.items():
