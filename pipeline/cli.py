@@ -28,7 +28,8 @@ def spark_for(cfg: DictConfig, app_name: str) -> SparkSession:
 
 
 def job(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
-    """Wrap a job body: any error becomes one line on stderr and exit code 2.
+    """Wrap a job body: the whole config is checked first (:func:`pipeline.config.check`), and
+    any error becomes one line on stderr and exit code 2.
 
     Goes under ``@hydra.main`` (Hydra would otherwise print a traceback). A
     :class:`PipelineError` is a problem with the input and says what to do;
