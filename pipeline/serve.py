@@ -1,6 +1,6 @@
 """Serving: the items most similar to given items, from a published ``index`` stage.
 
-Reads the current release's index (:func:`pipeline.io.versioned.served_version`),
+Reads the current release's index (:func:`pipeline.io.manifests.served_version`),
 so a job run after the release never changes what is served.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate.index import INDEX_FILE, ITEMS_TABLE, STAGE, search_vectors
 from pipeline.io import versioned
 from pipeline.io.embeddings import vectors
+from pipeline.io.manifests import served_version
 
 
 @functools.lru_cache(maxsize=4)
@@ -41,7 +42,7 @@ def similar_items(run_dir: str | os.PathLike, ids, k: int = 10, version: str | N
     """
     if k < 1:
         raise PipelineError(f"k must be >= 1, got {k}")
-    path = versioned.resolve(run_dir, STAGE, version or versioned.served_version(run_dir, STAGE))
+    path = versioned.resolve(run_dir, STAGE, version or served_version(run_dir, STAGE))
     index, row_ids, row_of, query_vectors = _open(str(run_dir), path.name)
     wanted = [str(i) for i in ids]
     missing = [i for i in wanted if i not in row_of]

@@ -10,7 +10,7 @@ from pipeline.infer import run_infer
 from pipeline.ingest import run_ingest
 from pipeline.io import stage as stage_mod, versioned
 from pipeline.io.code import PACKAGE, code_version
-from pipeline.io.manifests import GraphManifest, ModelManifest, NeighborsManifest
+from pipeline.io.manifests import GraphManifest, ModelManifest, NeighborsManifest, served_version
 from pipeline.refresh import evaluate as release_gate, rollback, run_refresh
 from pipeline.sampling import run_sample
 from pipeline.serve import similar_items
@@ -92,7 +92,7 @@ def test_training_runs_after_a_release_keep_what_it_serves(spark, make_cfg, tmp_
     # A newer, unreleased index: serving still answers from the release's.
     newer = release_gate(cfg, run_infer(spark, cfg).version)[1]
     assert versioned.latest_version(cfg.run_dir, "index") == newer != second.versions["index"]
-    assert versioned.served_version(cfg.run_dir, "index") == second.versions["index"]
+    assert served_version(cfg.run_dir, "index") == second.versions["index"]
     query = [rows[0][1], rows[-1][1]]
     assert similar_items(cfg.run_dir, query, k=5)[0] == similar_items(
         cfg.run_dir, query, k=5, version=second.versions["index"])[0]

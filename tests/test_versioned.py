@@ -12,11 +12,13 @@ import textwrap
 import pytest
 
 from pipeline.io import versioned
-from pipeline.io.manifests import ReleaseManifest
+from pipeline.io.manifests import ReleaseManifest, released_versions, served_version
 
 
 def _publish(run_dir, payload: str, fp: str = "f" * 64, keep: int = 3) -> str:
-    with versioned.publish(run_dir, "stage", fp, keep=keep, inputs={"up": "v1"}) as out:
+    # What the stage runner passes: the versions kept releases name.
+    with versioned.publish(run_dir, "stage", fp, keep=keep, inputs={"up": "v1"},
+                           spared=released_versions(run_dir, "stage")) as out:
         os.makedirs(out.table_path("t"))
         with open(os.path.join(out.table_path("t"), "part-0"), "w") as f:
             f.write(payload)
@@ -160,19 +162,19 @@ def _release(run_dir, **versions) -> str:
 
 
 def test_pruning_never_deletes_what_a_release_serves(tmp_path):
-    assert versioned.served_version(tmp_path, "stage") is None
+    assert served_version(tmp_path, "stage") is None
     released = _publish(tmp_path, "served", fp="0" * 64)
     _release(tmp_path, stage=released)
     later = [_publish(tmp_path, str(i), fp=f"{i:064d}", keep=2) for i in range(1, 5)]
     assert versioned.list_versions(tmp_path, "stage") == [released] + later[-2:]
     assert versioned.latest_version(tmp_path, "stage") == later[-1]
-    assert versioned.served_version(tmp_path, "stage") == released       # not the newest
-    assert versioned.served_version(tmp_path, "other") is None
+    assert served_version(tmp_path, "stage") == released       # not the newest
+    assert served_version(tmp_path, "other") is None
     _release(tmp_path, stage=later[-1])
     newest = _publish(tmp_path, "5", fp=f"{5:064d}", keep=2)
     # Both releases' versions are kept beside the newest two.
     assert versioned.list_versions(tmp_path, "stage") == [released, later[-1], newest]
-    assert versioned.served_version(tmp_path, "stage") == later[-1]
+    assert served_version(tmp_path, "stage") == later[-1]
 
 
 def test_given_input_versions_win_over_latest(tmp_path):

@@ -181,3 +181,21 @@ class ReleaseManifest:
         """What :meth:`read` reads, as the refresh writes it."""
         return {"versions": self.versions, "metrics": self.metrics, "counts": self.counts,
                 "previous": self.previous}
+
+
+def released_versions(run_dir: str | os.PathLike, stage: str) -> set[str]:
+    """The versions of ``stage`` that some kept release names (pruning spares them)."""
+    named = (ReleaseManifest.read(run_dir, r).versions.get(stage)
+             for r in versioned.list_versions(run_dir, versioned.RELEASE))
+    return {v for v in named if v is not None}
+
+
+def served_version(run_dir: str | os.PathLike, stage: str) -> str | None:
+    """The version of ``stage`` the current release names; ``_LATEST`` before any release.
+
+    What serving reads: a job run after the release may have published a
+    newer version that no refresh has checked yet.
+    """
+    release = ReleaseManifest.current(run_dir)
+    named = release.versions.get(stage) if release is not None else None
+    return named if named is not None else versioned.latest_version(run_dir, stage)

@@ -7,7 +7,8 @@ inside :meth:`Stage.publish`. The fingerprint is exactly those three
 things, so a stage is rebuilt when and only when one of them changes:
 editing a walk kernel rebuilds ``neighbors`` and what follows; a
 reporting-only setting, left out of ``params``, rebuilds nothing. Publishing
-is atomic, prunes old versions (never one a kept release names) and sweeps
+is atomic, prunes old versions (never one a kept release names: the runner tells the core
+which) and sweeps
 dead writers' debris (``pipeline.io.versioned``).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Iterator
 
 from pipeline.io import versioned
 from pipeline.io.code import PACKAGE, code_version
+from pipeline.io.manifests import released_versions
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,7 @@ class Stage:
         """Stage a new version, published only if the ``with`` body succeeds."""
         with versioned.publish(self.run_dir, self.name, self.fingerprint, config=self.params,
                                inputs={**self.inputs, **self.recorded_inputs},
-                               keep=self.keep) as out:
+                               keep=self.keep,
+                               spared=released_versions(self.run_dir, self.name)) as out:
             out.manifest["code"] = self.code_hashes
             yield out

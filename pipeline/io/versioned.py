@@ -325,33 +325,13 @@ def point_latest(run_dir: str | os.PathLike, stage: str, version: str) -> None:
     _write_atomic(stage_dir(run_dir, stage) / LATEST, version + "\n")
 
 
-def released_versions(run_dir: str | os.PathLike, stage: str) -> set[str]:
-    """The versions of ``stage`` that some kept release names."""
-    named = set()
-    for release in list_versions(run_dir, RELEASE):
-        named.add(read_manifest(run_dir, RELEASE, release).get("versions", {}).get(stage))
-    return named - {None}
-
-
-def served_version(run_dir: str | os.PathLike, stage: str) -> str | None:
-    """The version of ``stage`` the current release names; ``_LATEST`` before any release.
-
-    What serving reads: a job run after the release may have published a
-    newer version that no refresh has checked yet.
-    """
-    release = latest_version(run_dir, RELEASE)
-    if release is not None:
-        named = read_manifest(run_dir, RELEASE, release).get("versions", {}).get(stage)
-        if named is not None:
-            return named
-    return latest_version(run_dir, stage)
-
-
-def prune(run_dir: str | os.PathLike, stage: str, keep: int) -> list[str]:
+def prune(run_dir: str | os.PathLike, stage: str, keep: int,
+          spared: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Delete the oldest versions beyond ``keep``; never the one ``_LATEST`` names,
-    nor one a kept release serves (ordinary job runs must not break a release)."""
+    nor one of ``spared`` (the stage runner passes the versions kept releases name,
+    :func:`pipeline.io.manifests.released_versions`, so job runs never break a release)."""
     keep = max(1, keep)
-    spared = {latest_version(run_dir, stage)} | released_versions(run_dir, stage)
+    spared = {latest_version(run_dir, stage)} | set(spared)
     versions = list_versions(run_dir, stage)
     doomed = [v for v in versions[:-keep] if v not in spared] if len(versions) > keep else []
     for v in doomed:
@@ -373,7 +353,7 @@ def _new_version_name(root: Path, fp: str) -> str:
 @contextmanager
 def publish(run_dir: str | os.PathLike, stage: str, fp: str, *,
             config: Any = None, inputs: dict[str, str] | None = None,
-            keep: int = 3) -> Iterator[Staging]:
+            keep: int = 3, spared: frozenset[str] | set[str] = frozenset()) -> Iterator[Staging]:
     """Stage a new version; publish it only if the ``with`` body succeeds.
 
     The body writes its tables under ``staging.table_path(name)`` and adds
@@ -408,7 +388,7 @@ def publish(run_dir: str | os.PathLike, stage: str, fp: str, *,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    pruned = prune(run_dir, stage, keep)
+    pruned = prune(run_dir, stage, keep, spared)
     if pruned:
         log.info("pruned old %s versions: %s", stage, ", ".join(pruned))
     log.info("published %s/%s", stage, version)

@@ -29,7 +29,7 @@ from pipeline.infer import run_infer
 from pipeline.ingest import run_ingest
 from pipeline.io import versioned
 from pipeline.io.embeddings import read_embeddings
-from pipeline.io.manifests import ReleaseManifest
+from pipeline.io.manifests import ReleaseManifest, released_versions
 from pipeline.io.stage import Stage
 from pipeline.refresh.lock import RunLock
 from pipeline.sampling import run_sample
@@ -101,7 +101,7 @@ def prune(run_dir: str, keep: int) -> list[str]:
     versioned.prune(run_dir, STAGE, keep)
     removed = []
     for stage in _stages(run_dir):
-        spared = versioned.released_versions(run_dir, stage)
+        spared = released_versions(run_dir, stage)
         if not spared:                      # a stage no release serves (the ablation, ...)
             continue
         spared.add(versioned.latest_version(run_dir, stage))
