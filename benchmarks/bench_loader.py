@@ -75,7 +75,7 @@ def write_graph(root: Path, items: int, users: int, edges: int, dim: int, seed: 
                    root / "features.parquet")
     return ["data=edges", "data.name=bench", f"data.path={root / 'edges.parquet'}",
             "data.format=parquet", "data.src_col=user", "data.dst_col=item",
-            f"data.features_path={root / 'features.parquet'}", "eval.protocol=random_edges"]
+            f"data.features_path={root / 'features.parquet'}", "split.protocol=random_edges"]
 
 
 def config(run_dir: str, extra: list[str], prefetch: int):

@@ -19,7 +19,7 @@ the trainer, whose epoch loop stops there). The train stage's time also includes
 does once per run over the whole graph (validation over all items, the bias
 scale's MRR, publishing), reported apart as ``train_steps`` (the epoch's own
 seconds). The validation rows are held at about ``--holdout`` pairs
-(``eval.protocol=random_edges``, ``eval.holdout_fraction`` = 2 x holdout / edges),
+(``split.protocol=random_edges``, ``split.holdout_fraction`` = 2 x holdout / edges),
 so the brute-force validation scorer (queries x all items) stays linear in the
 graph; the sampling quality check (``sample.quality_sample``) is off.
 
@@ -166,8 +166,8 @@ def one_size(args) -> dict:
         cfg = compose("config", overrides=[
             f"run_dir={work / 'run'}", "data=edges", f"data.path={work / 'edges.parquet'}",
             "data.format=parquet", "data.src_col=src", "data.dst_col=dst",
-            "eval.protocol=random_edges",
-            f"eval.holdout_fraction={min(0.1, 2 * args.holdout / E):.8f}",
+            "split.protocol=random_edges",
+            f"split.holdout_fraction={min(0.1, 2 * args.holdout / E):.8f}",
             "sample.mode=join", "sample.quality_sample=0", "train.epochs=1", "train.device=cpu",
             f"sample.partitions={args.sample_partitions}",
             f"infer.partitions={args.infer_partitions}", *args.override])

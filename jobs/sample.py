@@ -1,4 +1,5 @@
-"""Sample the latest graph: evaluation split, importance neighbourhoods, pairs, minibatches.
+"""Sample the latest graph: the split (jobs/split.py) first, then importance neighbourhoods,
+pairs, minibatches.
 
     python jobs/sample.py                           # after jobs/ingest.py
     python jobs/sample.py sample.mode=join sample.push_threshold=0

@@ -16,7 +16,7 @@ from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from pyspark.sql import SparkSession
 
-from pipeline.config import CONF_DIR, Config, check, is_group
+from pipeline.config import CONF_DIR, RENAMED, Config, check, is_group
 from pipeline.errors import PipelineError
 from pipeline.spark import build_spark
 
@@ -64,6 +64,7 @@ def run(main: Callable[[], None]) -> None:
     """Start a job (its ``@hydra.main`` function): the command line's overrides are composed
     once first, so a typo, a wrong type or an unknown option is one line and exit 2, as every
     other bad input is, rather than Hydra's multi-line report and exit 1."""
+    sys.argv[1:] = renamed_keys(sys.argv[1:])
     problem = override_problem(sys.argv[1:])
     if problem:
         job_name = Path(sys.argv[0]).stem
@@ -71,6 +72,21 @@ def run(main: Callable[[], None]) -> None:
               "group and key)", file=sys.stderr)
         sys.exit(2)
     main()
+
+
+def renamed_keys(args: list[str]) -> list[str]:
+    """``args`` with every key that moved (``config.RENAMED``) under its new name; one notice
+    on stderr per key."""
+    out = []
+    for arg in args:
+        prefix = arg[:len(arg) - len(arg.lstrip("+~"))]
+        key, sep, value = arg[len(prefix):].partition("=")
+        if key in RENAMED:
+            print(f"note: {key} is now {RENAMED[key]}; running with {RENAMED[key]}{sep}{value}",
+                  file=sys.stderr)
+            arg = f"{prefix}{RENAMED[key]}{sep}{value}"
+        out.append(arg)
+    return out
 
 
 def override_problem(args: list[str]) -> str | None:

@@ -23,6 +23,13 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MAX_WALK_LENGTH = 64
 
 
+# Keys that moved, old -> new: a command line that names the old key still runs
+# (pipeline/cli.py rewrites it, with a notice), so scripts written for an earlier
+# release keep working.
+RENAMED = {f"eval.{k}": f"split.{k}"
+           for k in ("protocol", "holdout_fraction", "new_item_fraction", "new_item_min_degree")}
+
+
 def setting(default: Any, help: str, *, choices: tuple = (), at_least: float | None = None,
             above: float | None = None, at_most: float | None = None,
             below: float | None = None) -> Any:
@@ -228,7 +235,7 @@ class InferConfig:
 
 
 @dataclass
-class EvalConfig:
+class SplitConfig:
     protocol: str = setting(
         "leave_last_out", "leave_last_out (needs times) | random_edges | new_items (inductive)",
         choices=("leave_last_out", "random_edges", "new_items"))
@@ -241,6 +248,10 @@ class EvalConfig:
     new_item_min_degree: int = setting(
         5, "new_items: eligible items have at least this many training edges",
         at_least=1)
+
+
+@dataclass
+class EvalConfig:
     ks: List[int] = setting([10, 50, 100], "K of hit-rate@K; MRR counts ranks up to max(ks)")
     kind: str = setting("test", "held-out rows scored: test | validation (tune on validation only)",
                         choices=("validation", "test"))
@@ -352,6 +363,8 @@ class Config:
     data: DataConfig = group(DataConfig, "the input graph: the bundled MovieLens-100K or your "
                                          "edge list (jobs/ingest.py)")
     ingest: IngestConfig = group(IngestConfig, "row-level validation of the input (jobs/ingest.py)")
+    split: SplitConfig = group(SplitConfig, "which edges are held out to score the model "
+                                            "(jobs/split.py; jobs/sample.py makes it first)")
     sample: SampleConfig = group(SampleConfig, "importance neighbourhoods, pairs, negatives and "
                                                "minibatches (jobs/sample.py)")
     model: ModelConfig = group(ModelConfig, "the PinSage network (jobs/train.py, jobs/infer.py)")
@@ -359,8 +372,8 @@ class Config:
                                             "(jobs/train.py)")
     infer: InferConfig = group(InferConfig, "bottom-up Spark inference of every item "
                                             "(jobs/infer.py)")
-    eval: EvalConfig = group(EvalConfig, "the split, metrics, baselines, serving index and "
-                                         "report (jobs/evaluate.py)")
+    eval: EvalConfig = group(EvalConfig, "metrics, baselines, serving index and report "
+                                         "(jobs/evaluate.py)")
     refresh: RefreshConfig = group(RefreshConfig, "the scheduled refresh and its release gate "
                                                   "(jobs/refresh.py)")
     ablate: AblateConfig = group(AblateConfig, "the ablation table's rows (jobs/ablate.py)")

@@ -1,4 +1,4 @@
-"""The all-stages run (``jobs/pipeline.py``): ingest → sample → train → infer → evaluate.
+"""The all-stages run (``jobs/pipeline.py``): ingest → split and sample → train → infer → evaluate.
 
 Each stage is handed the versions its inputs were just published as, so a
 stage never picks up a version another process published meanwhile; only a
@@ -50,7 +50,7 @@ def _print_ingest(ingest) -> None:
 def _print_sample(cfg, sample: SampleResult) -> None:
     v, k = sample.versions, sample.counts
     print(f"\nsample   split/{_status(v['split'], 'split' in sample.reused)}")
-    print(f"  {cfg.eval.protocol}: {k['split']['train_edges']:,} training edges, "
+    print(f"  {cfg.split.protocol}: {k['split']['train_edges']:,} training edges, "
           f"{k['split']['validation']:,} validation and {k['split']['test']:,} test "
           f"interactions held out")
     n = k["neighbors"]

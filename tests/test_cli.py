@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from pipeline import cli, config
 from pipeline.config import Config
 
@@ -86,6 +88,24 @@ def test_a_bad_override_is_one_line_naming_it():
     for args in (["ablate=default", "eval.ks=[5,10]", "+ablate.rows.x=['train.lr=0.1']"],
                  ["--help"], ["-m", "train.lr=0.1,0.2"], ["train.lr=0.1,0.2"]):
         assert cli.override_problem(args) is None, args
+
+
+def test_a_moved_key_runs_under_its_new_name(capsys):
+    """Commands written before the split had its own group keep working, with a notice."""
+    args = ["data=edges", "eval.protocol=random_edges", "++eval.holdout_fraction=0.2",
+            "eval.ks=[5]"]
+    assert cli.renamed_keys(args) == ["data=edges", "split.protocol=random_edges",
+                                      "++split.holdout_fraction=0.2", "eval.ks=[5]"]
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == ["note: eval.protocol is now split.protocol; running with "
+                     "split.protocol=random_edges",
+                     "note: eval.holdout_fraction is now split.holdout_fraction; running with "
+                     "split.holdout_fraction=0.2"]
+    assert cli.override_problem(cli.renamed_keys(args)) is None
+    assert "Key 'protocol' not in 'EvalConfig'" in cli.override_problem(args)
+    # Every new name is a key of the config.
+    cfg = OmegaConf.structured(Config)
+    assert all(OmegaConf.select(cfg, new) is not None for new in config.RENAMED.values())
 
 
 def test_a_job_reports_a_bad_override_in_one_line_and_exits_2(tmp_path):

@@ -11,11 +11,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from pipeline import config
-from pipeline.config import CONF_DIR, EvalConfig, InferConfig, ModelConfig
+from pipeline.config import CONF_DIR, InferConfig, ModelConfig, SplitConfig
 from pipeline.errors import PipelineError
 from pipeline.infer.kernels import MESSAGE_DTYPES
 from pipeline.model import AGGREGATORS, ID_EMBEDDINGS
-from pipeline.sampling.split import PROTOCOLS
+from pipeline.split.protocols import PROTOCOLS
 from pipeline.spark import flatten_conf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def test_check_enforces_the_declared_choices_and_bounds(make_cfg):
             ("sample.mode=disk", "sample.mode must be one of memory, join, got 'disk'"),
             ("sample.walk_length=65", "sample.walk_length must be in [1, 64], got 65"),
             ("sample.restart_prob=1", "sample.restart_prob must be in [0, 1), got 1.0"),
-            ("eval.holdout_fraction=0", "eval.holdout_fraction must be in (0, 1), got 0.0"),
+            ("split.holdout_fraction=0", "split.holdout_fraction must be in (0, 1), got 0.0"),
             ("eval.item_knn_bm25_b=1.5", "eval.item_knn_bm25_b must be in [0, 1], got 1.5"),
             ("train.temperature=0", "train.temperature must be > 0, got 0.0"),
             ("infer.batch_rows=0", "infer.batch_rows must be >= 1, got 0")]:
@@ -80,7 +80,7 @@ def test_declared_choices_are_the_ones_the_code_dispatches_on():
     assert config.choices(ModelConfig, "aggregator") == AGGREGATORS
     assert config.choices(ModelConfig, "id_embedding") == ID_EMBEDDINGS
     assert config.choices(InferConfig, "message_dtype") == tuple(MESSAGE_DTYPES)
-    assert set(config.choices(EvalConfig, "protocol")) == {*PROTOCOLS, "new_items"}
+    assert set(config.choices(SplitConfig, "protocol")) == {*PROTOCOLS, "new_items"}
 
 
 def test_a_job_checks_every_group_before_it_starts(tmp_path):

@@ -1,4 +1,4 @@
-"""``eval.protocol=new_items``: the trained model never sees the new items, checked on what was written."""
+"""``split.protocol=new_items``: the trained model never sees the new items, checked on what was written."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +15,8 @@ from pipeline.evaluate.data import load as load_eval_data
 from pipeline.infer import run_infer
 from pipeline.ingest import run_ingest
 from pipeline.io import versioned
-from pipeline.sampling import new_items, run_sample
+from pipeline.sampling import run_sample
+from pipeline.split import new_items
 from pipeline.train.trainer import run_train
 from test_evaluate import _write_graph
 
@@ -29,8 +30,8 @@ def inductive_run(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("newitems")
     path = _write_graph(tmp / "edges.csv", n_users=60, per_user=10, seed=1)
     overrides = [f"run_dir={tmp / 'run'}", "data=edges", f"data.path={path}", "data.src_col=user",
-                 "data.dst_col=item", "data.time_col=ts", "eval.protocol=new_items",
-                 "eval.new_item_fraction=0.3", "eval.new_item_min_degree=3",
+                 "data.dst_col=item", "data.time_col=ts", "split.protocol=new_items",
+                 "split.new_item_fraction=0.3", "split.new_item_min_degree=3",
                  "sample.batch_size=32", "sample.easy_negatives=10",
                  "sample.hard_window=[0.1,0.6]", "sample.num_hard=3", "train.epochs=2",
                  "train.max_hard_negatives=1", "model.hidden_dim=8", "eval.ks=[5,10]",

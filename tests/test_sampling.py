@@ -14,6 +14,7 @@ from pipeline.ingest import run_ingest
 from pipeline.io import schemas, versioned
 from pipeline.io import stage as stage_mod
 from pipeline.sampling import join_mode, memory_mode, pairs as pairing, ppr, run_sample
+from pipeline.split import run_split
 
 
 def write_graph(path, n_users=60, n_items=40, per_user=8, seed=0, timed=True):
@@ -193,7 +194,7 @@ def test_join_mode_equals_memory_mode(spark, make_cfg, tmp_path, bipartite):
     tables, counts = {}, {}
     for mode in ("memory", "join"):
         cfg = small_cfg(make_cfg, path, f"sample.mode={mode}", f"run_dir={tmp_path}/{mode}",
-                        f"data.bipartite={str(bipartite).lower()}", "eval.protocol=random_edges",
+                        f"data.bipartite={str(bipartite).lower()}", "split.protocol=random_edges",
                         "sample.push_threshold=0.01",
                         # Bipartite quality is compared per start below, at less cost.
                         f"sample.quality_sample={0 if bipartite else 6}")
@@ -256,10 +257,13 @@ def test_both_modes_walk_only_from_starts_as_a_full_run_would(spark, bipartite):
 def test_homogeneous_random_edges_without_times(spark, make_cfg, tmp_path):
     path = write_graph(tmp_path / "g.csv", timed=False)
     cfg = make_cfg("data=edges", f"data.path={path}", "data.src_col=user", "data.dst_col=item",
-                   "data.bipartite=false", "eval.protocol=random_edges", "eval.holdout_fraction=0.2",
+                   "data.bipartite=false", "split.protocol=random_edges", "split.holdout_fraction=0.2",
                    "sample.batch_size=16", "sample.easy_negatives=5")
     run_ingest(spark, cfg)
+    split = run_split(spark, cfg)                       # jobs/split.py; sampling reuses it
     result = run_sample(spark, cfg)
+    assert not split.reused and "split" in result.reused
+    assert result.versions["split"] == split.version
     held = _table(spark, cfg, "split", "holdout")
     train = _table(spark, cfg, "split", "train_edges")
     n_held = held.count()
@@ -278,7 +282,7 @@ def test_leave_last_out_needs_times(spark, make_cfg, tmp_path):
     path = write_graph(tmp_path / "g.csv", timed=False)
     cfg = make_cfg("data=edges", f"data.path={path}", "data.src_col=user", "data.dst_col=item")
     run_ingest(spark, cfg)
-    with pytest.raises(PipelineError, match="eval.protocol=leave_last_out needs edge times"):
+    with pytest.raises(PipelineError, match="split.protocol=leave_last_out needs edge times"):
         run_sample(spark, cfg)
 
 

@@ -16,7 +16,7 @@ from pipeline.data.split import item_degree, read_holdout, read_live_items, read
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
 from pipeline.io.manifests import GraphManifest, SplitManifest
-from pipeline.sampling import new_items
+from pipeline.split import new_items
 
 @dataclass
 class EvalData:
@@ -35,7 +35,7 @@ class EvalData:
     src: np.ndarray          # training edges only
     dst: np.ndarray
     weight: np.ndarray
-    # eval.protocol=new_items: items the evaluated model never saw
+    # split.protocol=new_items: items the evaluated model never saw
     new_items: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     sampled: str = ""        # why only a sample of the held-out pairs is scored, if so
 
@@ -81,7 +81,7 @@ def load(run_dir: str, kind: str = "test", split_version: str | None = None,
          ) -> EvalData:
     """The latest split (or ``split_version``) and the graph it was cut from.
 
-    Under ``eval.protocol=new_items`` only rows whose target is a new item are
+    Under ``split.protocol=new_items`` only rows whose target is a new item are
     kept. ``max_queries`` > 0 keeps a seeded sample of that many held-out pairs;
     with 0, ``large_graph = (items, queries)`` keeps ``queries`` of them on a
     graph of at least ``items`` items, so that scoring stays bounded at scale.

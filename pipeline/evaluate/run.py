@@ -23,7 +23,7 @@ from pipeline.io import versioned
 from pipeline.io.embeddings import read_embeddings
 from pipeline.io.manifests import ModelManifest, SplitManifest
 from pipeline.io.stage import Stage
-from pipeline.sampling import new_items
+from pipeline.split import new_items
 
 log = logging.getLogger(__name__)
 

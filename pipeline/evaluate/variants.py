@@ -4,7 +4,7 @@
   model per aggregator of ``compare.aggregators``, trained by the ordinary
   trainer on the SAME split, neighbourhoods and minibatches, in
   ``<run_dir>/_compare/aggregator=<name>/``.
-* ``eval.protocol=new_items``: ``pinsage_retrained``, the run's configuration
+* ``split.protocol=new_items``: ``pinsage_retrained``, the run's configuration
   trained on the run's own minibatches, new items' edges included (the upper
   bound of the inductive model), in ``<run_dir>/_compare/retrained/``.
 

@@ -62,7 +62,7 @@ class SplitManifest:
     version: str
     graph: str                  # the graph version it split
     protocol: str
-    base_protocol: str | None   # eval.protocol=new_items: the protocol it held rows out by
+    base_protocol: str | None   # split.protocol=new_items: the protocol it held rows out by
     source_split: str | None    # an inductive view: the evaluated split it was cut from
     counts: dict[str, Any]
 

@@ -40,7 +40,7 @@ HOLDOUT = StructType([
     StructField("time", LongType(), True),
 ])
 
-# Items the trained model never sees under eval.protocol=new_items (stage `split`).
+# Items the trained model never sees under split.protocol=new_items (stage `split`).
 NEW_ITEMS = StructType([
     StructField("node", LongType(), False),
 ])

@@ -38,9 +38,9 @@ _SAMPLING = ("pipeline.sampling",)
 # The stage graph, in data-flow order. ``release`` names whatever it serves.
 GRAPH: dict[str, Spec] = {
     "graph": Spec((), ("pipeline.ingest",)),
-    # source_split: the evaluated split whose inductive view this is (eval.protocol=new_items).
+    # source_split: the evaluated split whose inductive view this is (split.protocol=new_items).
     "split": Spec(("graph", "source_split"),
-                  ("pipeline.sampling.split", "pipeline.sampling.new_items"), _SAMPLING),
+                  ("pipeline.split.protocols", "pipeline.split.new_items"), ("pipeline.split",)),
     "neighbors": Spec(("split",), ("pipeline.sampling.memory_mode", "pipeline.sampling.join_mode",
                                    "pipeline.sampling.incremental"), _SAMPLING),
     "pairs": Spec(("split", "neighbors"), ("pipeline.sampling.pairs",), _SAMPLING),

@@ -85,7 +85,7 @@ def latest_version(run_dir: str | os.PathLike, stage: str) -> str | None:
 
 
 # The job that publishes each stage, named in "run ... first" errors.
-PRODUCERS = {"graph": "jobs/ingest.py", "split": "jobs/sample.py", "neighbors": "jobs/sample.py",
+PRODUCERS = {"graph": "jobs/ingest.py", "split": "jobs/split.py", "neighbors": "jobs/sample.py",
              "pairs": "jobs/sample.py", "batches": "jobs/sample.py", "model": "jobs/train.py",
              "embeddings": "jobs/infer.py", "index": "jobs/evaluate.py", "eval": "jobs/evaluate.py"}
 

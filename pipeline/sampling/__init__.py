@@ -1,8 +1,9 @@
-"""Sampling: evaluation split, importance neighbourhoods, training pairs, minibatches.
+"""Sampling: importance neighbourhoods, training pairs, minibatches.
 
-Publishes four stages, each reused when its inputs and config are unchanged:
+Publishes (or reuses) the ``split`` first (:mod:`pipeline.split`), so no held-out
+edge reaches a walk, then three stages of its training edges, each reused
+when its inputs and config are unchanged:
 
-* ``split``: ``train_edges`` (the graph the rest may see) and ``holdout``;
 * ``neighbors``: ``neighbors`` (top-T items by degree-corrected expected walk
   visits, weights = score share) and ``hard_candidates`` (items in the hard
   window of the same ranking);
@@ -28,12 +29,13 @@ from pipeline import config
 from pipeline.errors import PipelineError
 from pipeline.ingest import read_graph
 from pipeline.io import schemas, versioned
-from pipeline.io.manifests import GraphManifest, SplitManifest
+from pipeline.io.manifests import GraphManifest
 from pipeline.io.stage import Stage
 from pipeline.sampling import batches as batching
-from pipeline.sampling import incremental, join_mode, memory_mode, new_items, pairs as pairing, split as splitting
+from pipeline.sampling import incremental, join_mode, memory_mode, pairs as pairing
 from pipeline.sampling import ppr
 from pipeline.sampling.ppr import hard_window
+from pipeline.split import new_items, publish_split
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class SampleResult:
     versions: dict[str, str] = field(default_factory=dict)
     counts: dict[str, dict] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
-    inductive: SampleResult | None = None   # eval.protocol=new_items: the model's training view
+    inductive: SampleResult | None = None   # split.protocol=new_items: the model's training view
 
 
 def _write(df: DataFrame, path: str, key: str, rows_per_file: int, n_rows: int) -> None:
@@ -60,7 +62,7 @@ def _write(df: DataFrame, path: str, key: str, rows_per_file: int, n_rows: int) 
 
 
 def _validate(cfg) -> None:
-    config.check(cfg, "sample", "eval")
+    config.check(cfg, "sample")
     s = cfg.sample
     if not s.push_threshold < 1 - s.restart_prob:
         raise PipelineError("sample.push_threshold must be in [0, 1 - sample.restart_prob) "
@@ -239,65 +241,6 @@ def _neighbor_counts(spark: SparkSession, out, mode: str, window, plan, work, n_
             "pushes_per_second": round(pushes / seconds)}
 
 
-def _publish_split(spark: SparkSession, st: Stages, cfg, edges: DataFrame, graph: GraphManifest,
-                   source: tuple[str, str] | None) -> None:
-    """Publish ``split``: the protocol's held-out rows, or the inductive view of ``source``'s."""
-    ev, seed = cfg.eval, int(cfg.seed)
-    if source is None:
-        params = {"protocol": ev.protocol, "holdout_fraction": ev.holdout_fraction, "seed": seed}
-        if ev.protocol == new_items.PROTOCOL:
-            params.update(new_item_fraction=ev.new_item_fraction,
-                          new_item_min_degree=ev.new_item_min_degree)
-        inputs = {"graph": graph.version}
-    else:
-        params = {"view": "inductive", "seed": seed}
-        inputs = {"graph": graph.version, "source_split": source[1]}
-    stage = st.stage("split", inputs, params)
-    if st.reuse(stage):
-        return
-    t0 = time.perf_counter()
-    new = None
-    if source is not None:
-        src_dir = versioned.check_version(source[0], "split", source[1])
-        train, held = new_items.view(
-            spark.read.schema(schemas.EDGES).parquet(str(src_dir / "train_edges")),
-            spark.read.schema(schemas.HOLDOUT).parquet(str(src_dir / "holdout")),
-            spark.read.schema(schemas.NEW_ITEMS).parquet(str(src_dir / new_items.TABLE)))
-        protocol = SplitManifest.read(source[0], source[1]).base_protocol
-    elif ev.protocol == new_items.PROTOCOL:
-        has_time = edges.where(F.col("time").isNotNull()).limit(1).count() > 0
-        protocol = new_items.base_protocol(has_time)
-        train, held = splitting.split_edges(edges, protocol, graph.bipartite, seed,
-                                            ev.holdout_fraction)
-        new = new_items.choose(train, graph.n_items, graph.bipartite, seed, ev.new_item_fraction,
-                               ev.new_item_min_degree)
-    else:
-        protocol = ev.protocol
-        train, held = splitting.split_edges(edges, protocol, graph.bipartite, seed,
-                                            ev.holdout_fraction)
-    with stage.publish() as out:
-        train.orderBy("src", "dst").write.parquet(out.table_path("train_edges"))
-        held.orderBy("kind", "user").coalesce(1).write.parquet(out.table_path("holdout"))
-        by_kind = {r["kind"]: r["count"] for r in spark.read.parquet(out.table_path("holdout"))
-                   .groupBy("kind").count().collect()}
-        counts = {"edges_in": graph.edges,
-                  "train_edges": spark.read.parquet(out.table_path("train_edges")).count(),
-                  "validation": by_kind.get("validation", 0), "test": by_kind.get("test", 0),
-                  "seconds": round(time.perf_counter() - t0, 2)}
-        schema = {"train_edges": schemas.describe(schemas.EDGES),
-                  "holdout": schemas.describe(schemas.HOLDOUT)}
-        manifest = {"protocol": ev.protocol if source is None else protocol}
-        if new is not None:
-            new.orderBy("node").coalesce(1).write.parquet(out.table_path(new_items.TABLE))
-            counts["new_items"] = spark.read.parquet(out.table_path(new_items.TABLE)).count()
-            schema[new_items.TABLE] = schemas.describe(schemas.NEW_ITEMS)
-            manifest["base_protocol"] = protocol
-        if source is not None:
-            manifest.update(view="inductive", source_split=source[1])
-        out.manifest.update({"counts": counts, "schema": schema, **manifest})
-    st.done("split", out, counts)
-
-
 def _publish_pairs(spark: SparkSession, st: Stages, s, seed: int, train_edges: DataFrame,
                    ranked: DataFrame, bipartite: bool) -> None:
     """Publish ``pairs``: positive pairs from co-engagement, and each query's hard candidates."""
@@ -396,7 +339,10 @@ def _sample(spark: SparkSession, cfg, graph_version: str | None, neighbors_from:
     partitions = s.partitions or 2 * spark.sparkContext.defaultParallelism
 
     # 1. Evaluation split, before anything sees the edges.
-    _publish_split(spark, st, cfg, edges, graph, source)
+    split = publish_split(spark, cfg, edges, graph, source)
+    result.versions["split"], result.counts["split"] = split.version, split.counts
+    if split.reused:
+        result.reused.append("split")
     split_dir = versioned.check_version(run_dir, "split", result.versions["split"])
     train_edges = spark.read.schema(schemas.EDGES).parquet(str(split_dir / "train_edges"))
 
@@ -416,7 +362,7 @@ def _sample(spark: SparkSession, cfg, graph_version: str | None, neighbors_from:
     # 4. Minibatches with their K-layer computation graphs.
     _publish_batches(spark, st, cfg, nodes, neighbors, n_items)
     spark.catalog.clearCache()
-    if source is None and cfg.eval.protocol == new_items.PROTOCOL:
+    if source is None and cfg.split.protocol == new_items.PROTOCOL:
         # The model trains on the inductive view; this run's pairs and minibatches
         # serve the model retrained with the new items (evaluation's upper bound).
         sub = OmegaConf.merge(cfg, {"run_dir": new_items.inductive_dir(run_dir)})

@@ -6,7 +6,7 @@ item's positive count + 1, to the power ``sample.negative_power``: 0 =
 uniform, word2vec's 0.75 = flattened popularity). A draw is never one of the
 minibatch's own queries or positives, and never an item the training graph
 gives no neighbours (weight 0): a removed item's placeholder, or a new item
-of ``eval.protocol=new_items``, which the model must never meet. The pool's
+of ``split.protocol=new_items``, which the model must never meet. The pool's
 items are layer-0 nodes, so their computation graph is stored too; each
 epoch the loader draws ``train.easy_negatives`` of the pool's slots, keyed
 by (seed, epoch, minibatch), and keeps only the part of the graph they need.
@@ -28,7 +28,7 @@ from pyspark.sql.window import Window
 from pipeline.io import schemas
 from pipeline.io.arrays import pad_lists
 from pipeline.io.kinds import RETIRED_ID
-from pipeline.sampling.split import unit_hash
+from pipeline.split.protocols import unit_hash
 from pipeline.spark import index_rows
 
 SPLITS = ("train", "validation")

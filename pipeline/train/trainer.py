@@ -33,14 +33,14 @@ from pipeline.model import build_model
 from pipeline.model.loss import (in_batch_collisions, log_expected_count, max_margin_loss,
                                  sampled_softmax_loss)
 from pipeline.data.features import cached_feature_store
-from pipeline.sampling import new_items
+from pipeline.split import new_items
 from pipeline.train import checkpoint, validation
 from pipeline.train.loader import BatchLoader, Minibatch, list_batch_files
 
 log = logging.getLogger(__name__)
 
 STAGE = "model"
-# The stages a model is trained from (of the inductive view under eval.protocol=new_items).
+# The stages a model is trained from (of the inductive view under split.protocol=new_items).
 INPUT_STAGES = ("graph", "split", "neighbors", "batches")
 
 
@@ -280,7 +280,7 @@ NOT_IN_FINGERPRINT = ("resume", "prefetch", "num_workers", "device", "val_k", "c
 
 def training_inputs(graph: str, sample) -> dict[str, str]:
     """The versions a model trains on after a sampling run (``SampleResult``): its own, or
-    its inductive view's under ``eval.protocol=new_items``."""
+    its inductive view's under ``split.protocol=new_items``."""
     view = sample.inductive or sample
     return {"graph": graph, **{s: view.versions[s] for s in INPUT_STAGES if s != "graph"}}
 
@@ -289,7 +289,7 @@ def run_train(cfg, *, inputs: dict[str, str] | None = None, stop_after_epoch: in
               inductive: bool = True) -> TrainResult:
     """Train on the minibatches; publish the ``model`` stage (rank 0). ``inputs``: the graph,
     split, neighbors and batches versions (of the inductive view under
-    ``eval.protocol=new_items``; the latest where not given). ``inductive=False`` trains on
+    ``split.protocol=new_items``; the latest where not given). ``inductive=False`` trains on
     the run's own minibatches even then (evaluation's ``pinsage_retrained``).
     ``stop_after_epoch`` ends the run after that epoch's checkpoint without publishing, as a
     preempted job would (tests resume from there)."""
@@ -297,7 +297,7 @@ def run_train(cfg, *, inputs: dict[str, str] | None = None, stop_after_epoch: in
     _validate(cfg)
     device = _device(t.device)
     ddp = _init_distributed(device)
-    # Under eval.protocol=new_items the minibatches come from the inductive view.
+    # Under split.protocol=new_items the minibatches come from the inductive view.
     view = new_items.training_view(run_dir, inductive)
     inputs = versioned.latest_inputs(view.dir, INPUT_STAGES, "training", inputs)
     params = {"model": OmegaConf.to_container(cfg.model, resolve=True),

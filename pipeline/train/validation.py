@@ -58,7 +58,7 @@ class Validator:
     def __init__(self, run_dir: str, inputs: dict, store: FeatureStore, num_neighbors: int,
                  device: torch.device, k: int = 10, margin: float = 0.1,
                  exclude: np.ndarray | None = None):
-        """``exclude``: items never ranked (the new items of ``eval.protocol=new_items``)."""
+        """``exclude``: items never ranked (the new items of ``split.protocol=new_items``)."""
         self.k, self.device, self.margin = k, device, margin
         n = store.num_items
         nb_dir = versioned.resolve(run_dir, "neighbors", inputs["neighbors"]) / "neighbors"

@@ -1,9 +1,9 @@
-"""The inductive protocol ``eval.protocol=new_items``: items the trained model never sees.
+"""The inductive protocol ``split.protocol=new_items``: items the trained model never sees.
 
 The question a graph-convolution model exists to answer: how good are the
 embeddings of items that arrived after training? A seeded
-``eval.new_item_fraction`` of the items with at least
-``eval.new_item_min_degree`` training edges is *new*. The ``split`` stage
+``split.new_item_fraction`` of the items with at least
+``split.new_item_min_degree`` training edges is *new*. The ``split`` stage
 keeps the base protocol's training edges (``leave_last_out`` when the edges
 have times, else ``random_edges``): the graph as it is known the day after
 training, new items' edges included, which inference and every baseline use.
@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from pipeline.errors import PipelineError
 from pipeline.io import versioned
 from pipeline.io.manifests import SplitManifest
-from pipeline.sampling.split import unit_hash
+from pipeline.split.protocols import unit_hash
 
 PROTOCOL = "new_items"
 INDUCTIVE_DIR = "_inductive"

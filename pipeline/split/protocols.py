@@ -32,10 +32,10 @@ def split_edges(edges: DataFrame, protocol: str, bipartite: bool, seed: int,
         train, held = _leave_last_out(edges, bipartite)
     elif protocol == "random_edges":
         if not 0 < holdout_fraction < 1:
-            raise PipelineError(f"eval.holdout_fraction must be in (0, 1), got {holdout_fraction}")
+            raise PipelineError(f"split.holdout_fraction must be in (0, 1), got {holdout_fraction}")
         train, held = _random_edges(edges, bipartite, seed, holdout_fraction)
     else:
-        raise PipelineError(f"eval.protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'")
+        raise PipelineError(f"split.protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'")
     return (schemas.conform(train, schemas.EDGES, "train_edges"),
             schemas.conform(held, schemas.HOLDOUT, "holdout"))
 
@@ -43,8 +43,8 @@ def split_edges(edges: DataFrame, protocol: str, bipartite: bool, seed: int,
 def _leave_last_out(edges: DataFrame, bipartite: bool) -> tuple[DataFrame, DataFrame]:
     missing = edges.where(F.col("time").isNull()).limit(1).count()
     if missing:
-        raise PipelineError("eval.protocol=leave_last_out needs edge times: ingest with "
-                            "data.time_col set, or use eval.protocol=random_edges")
+        raise PipelineError("split.protocol=leave_last_out needs edge times: ingest with "
+                            "data.time_col set, or use split.protocol=random_edges")
     by_user = Window.partitionBy("src").orderBy(F.desc("time"), F.desc("dst"))
     ranked = (edges.withColumn("_rank", F.row_number().over(by_user))
               .withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy("src"))))
