@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from enum import StrEnum
+from typing import Any, Dict, List, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -30,18 +31,40 @@ RENAMED = {f"eval.{k}": f"split.{k}"
            for k in ("protocol", "holdout_fraction", "new_item_fraction", "new_item_min_degree")}
 
 
-def setting(default: Any, help: str, *, choices: tuple = (), at_least: float | None = None,
+def _choice(name: str, *values: str) -> type[StrEnum]:
+    """A setting's allowed values as its type: OmegaConf refuses any other value while composing
+    (pipeline/cli.py makes that one line and exit 2). Members are the strings themselves
+    (``StrEnum``), so code compares them, looks them up and writes them like plain strings."""
+    return StrEnum(name, [(v, v) for v in values], module=__name__)
+
+
+Source = _choice("Source", 'movielens100k', 'edges')
+Format = _choice("Format", 'csv', 'parquet')
+OnBadRows = _choice("OnBadRows", 'fail', 'quarantine')
+SampleMode = _choice("SampleMode", 'memory', 'join')
+Aggregator = _choice("Aggregator", 'importance', 'mean', 'max', 'gatv2', 'gated')
+IdEmbedding = _choice("IdEmbedding", 'on', 'off', 'hashed')
+Schedule = _choice("Schedule", 'cosine', 'constant')
+Loss = _choice("Loss", 'softmax', 'max_margin')
+Device = _choice("Device", 'auto', 'cpu', 'cuda')
+MessageDtype = _choice("MessageDtype", 'float32', 'float16', 'bfloat16')
+Protocol = _choice("Protocol", 'leave_last_out', 'random_edges', 'new_items')
+HeldOut = _choice("HeldOut", 'validation', 'test')
+ItemKnnSimilarity = _choice("ItemKnnSimilarity", 'cosine', 'tfidf', 'bm25')
+IndexType = _choice("IndexType", 'hnsw', 'ivf')
+
+
+def setting(default: Any, help: str, *, at_least: float | None = None,
             above: float | None = None, at_most: float | None = None,
             below: float | None = None) -> Any:
-    """A field with its one-line description and its constraints.
+    """A field with its one-line description and its bounds.
 
     ``python jobs/<job>.py --help`` prints ``help`` beside the key and its
     default from the composed config (pipeline/cli.py); :func:`check` enforces
-    ``choices`` and the bounds, so each is written once, here. A list or dict
-    default is copied for every instance.
+    the bounds, and a field's choices are its type (:func:`_choice`), so each
+    is written once, here. A list or dict default is copied for every instance.
     """
-    metadata = {"help": help, "choices": tuple(choices),
-                "bounds": (at_least, above, at_most, below)}
+    metadata = {"help": help, "bounds": (at_least, above, at_most, below)}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -63,12 +86,11 @@ class SparkConfig:
 @dataclass
 class DataConfig:
     name: str = setting(MISSING, "dataset name; names the run directory (run_dir)")
-    source: str = setting(MISSING, "movielens100k: the bundled real dataset | edges: your "
-                                   "edge list at data.path",
-                          choices=("movielens100k", "edges"))
+    source: Source = setting(MISSING, "movielens100k: the bundled real dataset | edges: your "
+                                   "edge list at data.path")
     path: Optional[str] = setting(None, "edges: a CSV/Parquet file or a directory of them "
                                         "(required)")
-    format: str = setting("csv", "format of data.path: csv | parquet", choices=("csv", "parquet"))
+    format: Format = setting(Format.csv, "format of data.path: csv | parquet")
     src_col: str = setting("src", "source column of the edge list (users/boards when bipartite)")
     dst_col: str = setting("dst", "destination column of the edge list (the items when "
                                   "bipartite)")
@@ -89,9 +111,8 @@ class DataConfig:
 
 @dataclass
 class IngestConfig:
-    on_bad_rows: str = setting("fail", "fail: stop with a clear error | quarantine: bad rows go "
-                                       "to the graph stage's `quarantine` table",
-                               choices=("fail", "quarantine"))
+    on_bad_rows: OnBadRows = setting(OnBadRows.fail, "fail: stop with a clear error | quarantine: bad rows go "
+                                       "to the graph stage's `quarantine` table")
 
 
 @dataclass
@@ -113,9 +134,8 @@ class SampleConfig:
              "(manifest: quality); 0 = none",
         at_least=0)
     num_neighbors: int = setting(10, "T: importance neighbours kept per item", at_least=1)
-    mode: str = setting(
-        "memory", "memory (CSR broadcast, NumPy) | join (DataFrame joins, any size)",
-        choices=("memory", "join"))
+    mode: SampleMode = setting(
+        SampleMode.memory, "memory (CSR broadcast, NumPy) | join (DataFrame joins, any size)")
     partitions: int = setting(0, "start-node partitions; 0 = 2 x Spark's default parallelism",
                               at_least=0)
     pair_window: int = setting(
@@ -154,13 +174,11 @@ class ModelConfig:
     hidden_dim: int = setting(
         128, "width of every layer and of the embeddings; tuned on validation (64 -> 128)",
         at_least=1)
-    aggregator: str = setting(
-        "importance", "neighbour aggregation: importance | mean | max | gatv2 | gated",
-        choices=("importance", "mean", "max", "gatv2", "gated"))
-    id_embedding: str = setting(
-        "on", "learned per-item id embeddings: on (one row per item) | off (features only) | "
-              "hashed (model.id_buckets rows)",
-        choices=("on", "off", "hashed"))
+    aggregator: Aggregator = setting(
+        Aggregator.importance, "neighbour aggregation: importance | mean | max | gatv2 | gated")
+    id_embedding: IdEmbedding = setting(
+        IdEmbedding.on, "learned per-item id embeddings: on (one row per item) | off (features only) | "
+              "hashed (model.id_buckets rows)")
     id_buckets: int = setting(100_000, "hashed: rows of the shared id-embedding table", at_least=1)
     head_layers: int = setting(
         0, "dense layers after the last conv; 2 = the paper's G2·ReLU(G1·h + g); 0 won on "
@@ -181,12 +199,10 @@ class TrainConfig:
         at_least=1)
     lr: float = setting(3e-3, "peak learning rate (Adam)", above=0)
     weight_decay: float = setting(0.0, "weight decay (L2 penalty) of the optimiser", at_least=0)
-    schedule: str = setting("cosine", "learning-rate schedule: cosine | constant",
-                            choices=("cosine", "constant"))
-    loss: str = setting(
-        "softmax", "softmax (sampled, over in-batch and easy negatives, logQ-corrected) | "
-                   "max_margin (PinSage's)",
-        choices=("softmax", "max_margin"))
+    schedule: Schedule = setting(Schedule.cosine, "learning-rate schedule: cosine | constant")
+    loss: Loss = setting(
+        Loss.softmax, "softmax (sampled, over in-batch and easy negatives, logQ-corrected) | "
+                   "max_margin (PinSage's)")
     temperature: float = setting(
         0.1, "softmax: logits are cosine similarity / temperature (initial value)",
         above=0)
@@ -211,8 +227,7 @@ class TrainConfig:
                                  "bar, TensorBoard); also one at every epoch end",
                              at_least=1)
     resume: bool = setting(False, "continue from this run's latest checkpoint")
-    device: str = setting("auto", "auto (cuda when available) | cpu | cuda",
-                          choices=("auto", "cpu", "cuda"))
+    device: Device = setting(Device.auto, "auto (cuda when available) | cpu | cuda")
     val_k: int = setting(10, "K of the validation hit-rate@K on the split's validation pairs",
                          at_least=1)
     bias_scales: List[float] = setting(
@@ -229,16 +244,14 @@ class InferConfig:
     batch_rows: int = setting(
         65536, "rows per Arrow batch handed to PyTorch (bounds executor memory)",
         at_least=1)
-    message_dtype: str = setting(
-        "float32", "float32 (exact) | float16 | bfloat16: half the bytes per shuffled message",
-        choices=("float32", "float16", "bfloat16"))
+    message_dtype: MessageDtype = setting(
+        MessageDtype.float32, "float32 (exact) | float16 | bfloat16: half the bytes per shuffled message")
 
 
 @dataclass
 class SplitConfig:
-    protocol: str = setting(
-        "leave_last_out", "leave_last_out (needs times) | random_edges | new_items (inductive)",
-        choices=("leave_last_out", "random_edges", "new_items"))
+    protocol: Protocol = setting(
+        Protocol.leave_last_out, "leave_last_out (needs times) | random_edges | new_items (inductive)")
     holdout_fraction: float = setting(
         0.1, "random_edges: fraction of edges held out (half validation, half test)",
         above=0, below=1)
@@ -253,8 +266,7 @@ class SplitConfig:
 @dataclass
 class EvalConfig:
     ks: List[int] = setting([10, 50, 100], "K of hit-rate@K; MRR counts ranks up to max(ks)")
-    kind: str = setting("test", "held-out rows scored: test | validation (tune on validation only)",
-                        choices=("validation", "test"))
+    kind: HeldOut = setting(HeldOut.test, "held-out rows scored: test | validation (tune on validation only)")
     max_queries: int = setting(
         0, "> 0: evaluate a seeded sample of that many held-out pairs; 0 = all (or "
            "large_graph_queries on a large graph)",
@@ -271,9 +283,8 @@ class EvalConfig:
     baselines: List[str] = setting(
         ["popularity", "random_walk", "item_knn", "als", "ease", "node2vec", "lightgcn",
          "features_only"], "baselines scored beside PinSage")
-    item_knn_similarity: str = setting(
-        "bm25", "item_knn: cosine | tfidf | bm25 (implicit's item-item recommenders)",
-        choices=("cosine", "tfidf", "bm25"))
+    item_knn_similarity: ItemKnnSimilarity = setting(
+        ItemKnnSimilarity.bm25, "item_knn: cosine | tfidf | bm25 (implicit's item-item recommenders)")
     item_knn_bm25_b: float = setting(
         1.0, "item_knn bm25: length normalisation by the item's degree, 0..1",
         at_least=0, at_most=1)
@@ -310,8 +321,7 @@ class EvalConfig:
     lightgcn_max_steps: int = setting(
         200, "lightgcn: minibatches at most (each propagates the whole graph)",
         at_least=1)
-    index: str = setting("hnsw", "serving index published as stage `index`: hnsw | ivf",
-                         choices=("hnsw", "ivf"))
+    index: IndexType = setting(IndexType.hnsw, "serving index published as stage `index`: hnsw | ivf")
     index_m: int = setting(32, "hnsw: links per node", at_least=1)
     index_ef_construction: int = setting(200, "hnsw: candidate list size while building",
                                          at_least=1)
@@ -328,9 +338,8 @@ class EvalConfig:
 
 @dataclass
 class AblateConfig:
-    kind: str = setting(
-        "validation", "held-out rows scored: validation (tuning never looks at test) | test",
-        choices=("validation", "test"))
+    kind: HeldOut = setting(
+        HeldOut.validation, "held-out rows scored: validation (tuning never looks at test) | test")
     rows: Dict[str, List[str]] = setting(
         {}, "row name -> overrides of sample.*, model.* or train.* (conf/ablate/default.yaml "
             "lists them)")
@@ -390,8 +399,9 @@ class Config:
 
 
 def check(cfg: Any, *groups: str) -> None:
-    """Enforce the ``choices`` and bounds declared with each field of ``groups`` (every group
-    when none is named): the first violation is one :class:`PipelineError` naming the key.
+    """Enforce the bounds declared with each field of ``groups`` (every group when none is
+    named): the first violation is one :class:`PipelineError` naming the key. (Choices are
+    the fields' types, enforced while composing.)
 
     Every job checks the whole config before it starts (pipeline/cli.py), so a bad setting
     of a later stage fails at start-up; each stage's entry point checks its own groups, for
@@ -401,15 +411,14 @@ def check(cfg: Any, *groups: str) -> None:
     for name in groups or tuple(schemas):
         for f in fields(schemas[name]):
             value = cfg[name][f.name]
-            rule = _violated(value, f.metadata.get("choices", ()),
-                             f.metadata.get("bounds", (None,) * 4))
+            rule = _violated(value, f.metadata.get("bounds", (None,) * 4))
             if rule:
                 raise PipelineError(f"{name}.{f.name} must be {rule}, got {value!r}")
 
 
 def choices(schema: type, name: str) -> tuple:
     """The values a field of ``schema`` allows, for code that dispatches on them."""
-    return next(f.metadata["choices"] for f in fields(schema) if f.name == name)
+    return tuple(m.value for m in get_type_hints(schema)[name])
 
 
 def is_group(f: Any) -> bool:
@@ -417,10 +426,8 @@ def is_group(f: Any) -> bool:
     return isinstance(f.default_factory, type) and is_dataclass(f.default_factory)
 
 
-def _violated(value: Any, choices: tuple, bounds: tuple) -> str | None:
-    """The rule ``value`` breaks, as the error words it; None when it keeps them all."""
-    if choices:
-        return None if value in choices else f"one of {', '.join(choices)}"
+def _violated(value: Any, bounds: tuple) -> str | None:
+    """The bound ``value`` breaks, as the error words it; None when it keeps them all."""
     at_least, above, at_most, below = bounds
     if value is None or (at_least, above, at_most, below) == (None,) * 4:
         return None

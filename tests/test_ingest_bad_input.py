@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from pipeline.errors import IngestError, PipelineError
+from pipeline.errors import IngestError
 from pipeline.ingest import read_graph, run_ingest
 from pipeline.io import versioned
 
@@ -105,17 +105,6 @@ def test_features_not_numeric(spark, make_cfg, tmp_path):
     msg, fpath = _features_error(spark, make_cfg, tmp_path, pa.table({"id": ["a"], "v": ["x"]}))
     assert msg == (f"{fpath}: feature columns must be numeric, or one numeric vector column; "
                    "not numeric: v (string)")
-
-
-def test_bad_config_values(spark, make_cfg, tmp_path):
-    path = tmp_path / "e.csv"
-    path.write_text("src,dst\na,b\n")
-    for override, msg in [("data.format=xlsx", "data.format must be one of csv, parquet, got 'xlsx'"),
-                          ("ingest.on_bad_rows=drop",
-                           "ingest.on_bad_rows must be one of fail, quarantine, got 'drop'")]:
-        with pytest.raises(PipelineError) as err:
-            run_ingest(spark, make_cfg("data=edges", f"data.path={path}", override))
-        assert str(err.value) == msg
 
 
 def test_corrupt_parquet_names_the_file(spark, make_cfg, tmp_path):

@@ -287,8 +287,6 @@ def test_leave_last_out_needs_times(spark, make_cfg, tmp_path):
 
 
 def test_bad_sampling_config(spark, make_cfg):
-    with pytest.raises(PipelineError, match="sample.mode must be one of memory, join, got 'disk'"):
-        run_sample(spark, make_cfg("sample.mode=disk"))
     with pytest.raises(PipelineError, match=r"sample.push_threshold must be in \[0, 1 - sample"):
         run_sample(spark, make_cfg("sample.push_threshold=0.5"))       # the start could not push
     with pytest.raises(PipelineError, match=r"sample.walk_length must be in \[1, 64\]"):
