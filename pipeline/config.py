@@ -38,20 +38,20 @@ def _choice(name: str, *values: str) -> type[StrEnum]:
     return StrEnum(name, [(v, v) for v in values], module=__name__)
 
 
-Source = _choice("Source", 'movielens100k', 'edges')
-Format = _choice("Format", 'csv', 'parquet')
-OnBadRows = _choice("OnBadRows", 'fail', 'quarantine')
-SampleMode = _choice("SampleMode", 'memory', 'join')
-Aggregator = _choice("Aggregator", 'importance', 'mean', 'max', 'gatv2', 'gated')
-IdEmbedding = _choice("IdEmbedding", 'on', 'off', 'hashed')
-Schedule = _choice("Schedule", 'cosine', 'constant')
-Loss = _choice("Loss", 'softmax', 'max_margin')
-Device = _choice("Device", 'auto', 'cpu', 'cuda')
-MessageDtype = _choice("MessageDtype", 'float32', 'float16', 'bfloat16')
-Protocol = _choice("Protocol", 'leave_last_out', 'random_edges', 'new_items')
-HeldOut = _choice("HeldOut", 'validation', 'test')
-ItemKnnSimilarity = _choice("ItemKnnSimilarity", 'cosine', 'tfidf', 'bm25')
-IndexType = _choice("IndexType", 'hnsw', 'ivf')
+Source = _choice("Source", "movielens100k", "edges")
+Format = _choice("Format", "csv", "parquet")
+OnBadRows = _choice("OnBadRows", "fail", "quarantine")
+SampleMode = _choice("SampleMode", "memory", "join")
+Aggregator = _choice("Aggregator", "importance", "mean", "max", "gatv2", "gated")
+IdEmbedding = _choice("IdEmbedding", "on", "off", "hashed")
+Schedule = _choice("Schedule", "cosine", "constant")
+Loss = _choice("Loss", "softmax", "max_margin")
+Device = _choice("Device", "auto", "cpu", "cuda")
+MessageDtype = _choice("MessageDtype", "float32", "float16", "bfloat16")
+Protocol = _choice("Protocol", "leave_last_out", "random_edges", "new_items")
+HeldOut = _choice("HeldOut", "validation", "test")
+ItemKnnSimilarity = _choice("ItemKnnSimilarity", "cosine", "tfidf", "bm25")
+IndexType = _choice("IndexType", "hnsw", "ivf")
 
 
 def setting(default: Any, help: str, *, at_least: float | None = None,
@@ -87,7 +87,7 @@ class SparkConfig:
 class DataConfig:
     name: str = setting(MISSING, "dataset name; names the run directory (run_dir)")
     source: Source = setting(MISSING, "movielens100k: the bundled real dataset | edges: your "
-                                   "edge list at data.path")
+                                      "edge list at data.path")
     path: Optional[str] = setting(None, "edges: a CSV/Parquet file or a directory of them "
                                         "(required)")
     format: Format = setting(Format.csv, "format of data.path: csv | parquet")
@@ -111,8 +111,9 @@ class DataConfig:
 
 @dataclass
 class IngestConfig:
-    on_bad_rows: OnBadRows = setting(OnBadRows.fail, "fail: stop with a clear error | quarantine: bad rows go "
-                                       "to the graph stage's `quarantine` table")
+    on_bad_rows: OnBadRows = setting(
+        OnBadRows.fail, "fail: stop with a clear error | quarantine: bad rows go to the graph "
+                        "stage's `quarantine` table")
 
 
 @dataclass
@@ -177,8 +178,8 @@ class ModelConfig:
     aggregator: Aggregator = setting(
         Aggregator.importance, "neighbour aggregation: importance | mean | max | gatv2 | gated")
     id_embedding: IdEmbedding = setting(
-        IdEmbedding.on, "learned per-item id embeddings: on (one row per item) | off (features only) | "
-              "hashed (model.id_buckets rows)")
+        IdEmbedding.on, "learned per-item id embeddings: on (one row per item) | off "
+                        "(features only) | hashed (model.id_buckets rows)")
     id_buckets: int = setting(100_000, "hashed: rows of the shared id-embedding table", at_least=1)
     head_layers: int = setting(
         0, "dense layers after the last conv; 2 = the paper's G2·ReLU(G1·h + g); 0 won on "
@@ -202,7 +203,7 @@ class TrainConfig:
     schedule: Schedule = setting(Schedule.cosine, "learning-rate schedule: cosine | constant")
     loss: Loss = setting(
         Loss.softmax, "softmax (sampled, over in-batch and easy negatives, logQ-corrected) | "
-                   "max_margin (PinSage's)")
+                      "max_margin (PinSage's)")
     temperature: float = setting(
         0.1, "softmax: logits are cosine similarity / temperature (initial value)",
         above=0)
@@ -245,13 +246,15 @@ class InferConfig:
         65536, "rows per Arrow batch handed to PyTorch (bounds executor memory)",
         at_least=1)
     message_dtype: MessageDtype = setting(
-        MessageDtype.float32, "float32 (exact) | float16 | bfloat16: half the bytes per shuffled message")
+        MessageDtype.float32, "float32 (exact) | float16 | bfloat16: half the bytes per "
+                              "shuffled message")
 
 
 @dataclass
 class SplitConfig:
     protocol: Protocol = setting(
-        Protocol.leave_last_out, "leave_last_out (needs times) | random_edges | new_items (inductive)")
+        Protocol.leave_last_out, "leave_last_out (needs times) | random_edges | new_items "
+                                 "(inductive)")
     holdout_fraction: float = setting(
         0.1, "random_edges: fraction of edges held out (half validation, half test)",
         above=0, below=1)
@@ -266,7 +269,8 @@ class SplitConfig:
 @dataclass
 class EvalConfig:
     ks: List[int] = setting([10, 50, 100], "K of hit-rate@K; MRR counts ranks up to max(ks)")
-    kind: HeldOut = setting(HeldOut.test, "held-out rows scored: test | validation (tune on validation only)")
+    kind: HeldOut = setting(
+        HeldOut.test, "held-out rows scored: test | validation (tune on validation only)")
     max_queries: int = setting(
         0, "> 0: evaluate a seeded sample of that many held-out pairs; 0 = all (or "
            "large_graph_queries on a large graph)",
@@ -284,7 +288,8 @@ class EvalConfig:
         ["popularity", "random_walk", "item_knn", "als", "ease", "node2vec", "lightgcn",
          "features_only"], "baselines scored beside PinSage")
     item_knn_similarity: ItemKnnSimilarity = setting(
-        ItemKnnSimilarity.bm25, "item_knn: cosine | tfidf | bm25 (implicit's item-item recommenders)")
+        ItemKnnSimilarity.bm25, "item_knn: cosine | tfidf | bm25 (implicit's item-item "
+                                "recommenders)")
     item_knn_bm25_b: float = setting(
         1.0, "item_knn bm25: length normalisation by the item's degree, 0..1",
         at_least=0, at_most=1)
@@ -321,7 +326,8 @@ class EvalConfig:
     lightgcn_max_steps: int = setting(
         200, "lightgcn: minibatches at most (each propagates the whole graph)",
         at_least=1)
-    index: IndexType = setting(IndexType.hnsw, "serving index published as stage `index`: hnsw | ivf")
+    index: IndexType = setting(
+        IndexType.hnsw, "serving index published as stage `index`: hnsw | ivf")
     index_m: int = setting(32, "hnsw: links per node", at_least=1)
     index_ef_construction: int = setting(200, "hnsw: candidate list size while building",
                                          at_least=1)

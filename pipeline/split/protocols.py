@@ -35,7 +35,8 @@ def split_edges(edges: DataFrame, protocol: str, bipartite: bool, seed: int,
             raise PipelineError(f"split.holdout_fraction must be in (0, 1), got {holdout_fraction}")
         train, held = _random_edges(edges, bipartite, seed, holdout_fraction)
     else:
-        raise PipelineError(f"split.protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'")
+        raise PipelineError(f"split.protocol must be one of {', '.join(PROTOCOLS)}, "
+                            f"got '{protocol}'")
     return (schemas.conform(train, schemas.EDGES, "train_edges"),
             schemas.conform(held, schemas.HOLDOUT, "holdout"))
 
