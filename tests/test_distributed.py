@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import pyarrow.dataset as ds
 import torch
 from hydra import compose, initialize_config_dir
@@ -98,6 +99,7 @@ def chain(work: str) -> dict:
             "embeddings": refreshed.counts}
 
 
+@pytest.mark.slow
 def test_join_mode_chain_runs_under_a_tiny_driver_result_limit(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}

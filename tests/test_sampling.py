@@ -12,7 +12,6 @@ from pyspark.testing import assertDataFrameEqual
 from pipeline.errors import PipelineError
 from pipeline.ingest import run_ingest
 from pipeline.io import schemas, versioned
-from pipeline.io import stage as stage_mod
 from pipeline.sampling import join_mode, memory_mode, pairs as pairing, ppr, run_sample
 from pipeline.split import run_split
 
@@ -155,23 +154,6 @@ def test_rerun_reuses_every_stage(spark, ml):
     cfg, first = ml
     again = run_sample(spark, cfg)
     assert again.versions == first.versions and set(again.reused) == set(first.versions)
-
-
-def test_editing_a_stage_module_rebuilds_it_and_what_follows(spark, make_cfg, tmp_path,
-                                                             monkeypatch):
-    """Changing the source of the pairs module (its hash) rebuilds pairs and batches only."""
-    cfg = small_cfg(make_cfg, write_graph(tmp_path / "g.csv", n_users=20, n_items=15, per_user=4),
-                    f"run_dir={tmp_path}/run")
-    run_ingest(spark, cfg)
-    first = run_sample(spark, cfg)
-    real = stage_mod.code_version
-    monkeypatch.setattr(stage_mod, "code_version", lambda m, *a, **kw: (
-        "edited" if m == "pipeline.sampling.pairs" else real(m, *a, **kw)))
-    again = run_sample(spark, cfg)
-    assert set(again.reused) == {"split", "neighbors"}
-    assert {s for s in first.versions if again.versions[s] != first.versions[s]} == {"pairs",
-                                                                                     "batches"}
-    assert versioned.read_manifest(cfg.run_dir, "pairs")["code"]["pipeline.sampling.pairs"] == "edited"
 
 
 def test_partitioning_does_not_change_a_byte(spark, make_cfg, tmp_path):
