@@ -7,9 +7,8 @@ inside :meth:`Stage.publish`. The fingerprint is exactly those three
 things, so a stage is rebuilt when and only when one of them changes:
 editing a walk kernel rebuilds ``neighbors`` and what follows; a
 reporting-only setting, left out of ``params``, rebuilds nothing. Publishing
-is atomic, prunes old versions (never one a kept release names: the runner tells the core
-which) and sweeps
-dead writers' debris (``pipeline.io.versioned``).
+is atomic, prunes old versions (never one a kept release names: the runner
+tells the core which) and sweeps dead writers' debris (``pipeline.io.versioned``).
 """
 from __future__ import annotations
 
