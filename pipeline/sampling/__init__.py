@@ -73,7 +73,8 @@ def _validate(cfg) -> None:
 
 
 class Stages:
-    """The four stages' runners, and what each published or reused."""
+    """The sampling stages' runners, and what each (and the split before them) published or
+    reused."""
 
     def __init__(self, run_dir: str, *, force: bool = False, keep: int = 3,
                  result: SampleResult | None = None):
@@ -86,14 +87,18 @@ class Stages:
     def reuse(self, stage: Stage) -> bool:
         found = stage.reusable()
         if found:
-            self.result.versions[stage.name] = found
-            self.result.counts[stage.name] = stage.manifest(found)["counts"]
-            self.result.reused.append(stage.name)
+            self.record(stage.name, found, stage.manifest(found)["counts"], reused=True)
         return found is not None
 
     def done(self, stage: str, out, counts: dict) -> None:
-        self.result.versions[stage] = out.version
+        self.record(stage, out.version, counts)
+
+    def record(self, stage: str, version: str, counts: dict, reused: bool = False) -> None:
+        """What ``stage`` published (or reused), in the run's result."""
+        self.result.versions[stage] = version
         self.result.counts[stage] = counts
+        if reused:
+            self.result.reused.append(stage)
 
 
 def neighbor_params(s, seed: int) -> dict:
@@ -340,9 +345,7 @@ def _sample(spark: SparkSession, cfg, graph_version: str | None, neighbors_from:
 
     # 1. Evaluation split, before anything sees the edges.
     split = publish_split(spark, cfg, edges, graph, source)
-    result.versions["split"], result.counts["split"] = split.version, split.counts
-    if split.reused:
-        result.reused.append("split")
+    st.record("split", split.version, split.counts, reused=split.reused)
     split_dir = versioned.check_version(run_dir, "split", result.versions["split"])
     train_edges = spark.read.schema(schemas.EDGES).parquet(str(split_dir / "train_edges"))
 
